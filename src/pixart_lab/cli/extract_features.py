@@ -1,0 +1,68 @@
+"""Stage `extract_features`: cache VAE latents and T5 caption embeddings for every split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import pixart_lab.cli  # noqa: F401
+from pixart_lab.data.features import SplitSpec, extract_split
+from pixart_lab.data.records import SkipReport
+from pixart_lab.models.text_encoder import FrozenTextEncoder
+from pixart_lab.models.vae import load_vae
+from pixart_lab.utils.io import write_json
+
+
+@hydra.main(version_base="1.3", config_path="../../../conf", config_name="extract_features")
+def main(cfg: DictConfig) -> dict:
+    torch.set_num_threads(cfg.features.num_threads)
+    start = time.perf_counter()
+    feats = cfg.features
+    vae = load_vae(cfg.vae.pretrained, cfg.vae.get("subfolder"), cfg.vae.get("scaling_factor")).eval()
+    text_encoder = FrozenTextEncoder.from_pretrained(
+        cfg.text_encoder.pretrained, max_length=cfg.text_encoder.max_length, subfolder=cfg.text_encoder.subfolder
+    )
+    report = SkipReport(source="extract_features")
+    splits = {}
+    for name, split_cfg in feats.splits.items():
+        if name not in cfg.data.splits:
+            continue
+        reader = instantiate(cfg.data.splits[name])
+        spec = SplitSpec(name=name, **OmegaConf.to_container(split_cfg, resolve=True))
+        splits[name] = extract_split(
+            reader.records(), spec, Path(feats.out_dir) / name, vae, text_encoder, report,
+            shard_size=feats.shard_size, batch_size=feats.batch_size, emb_dtype=getattr(torch, feats.emb_dtype),
+        )  # fmt: skip
+        report.merge(reader.report)
+    manifest = {
+        "vae": {"source": str(cfg.vae.pretrained), "scaling_factor": float(vae.config.scaling_factor),
+                "latent_channels": int(vae.config.latent_channels)},
+        "text_encoder": {"source": str(cfg.text_encoder.pretrained), "max_length": cfg.text_encoder.max_length,
+                         "hidden_size": text_encoder.hidden_size},
+        "splits": {name: {"count": s["count"]} for name, s in splits.items()},
+    }  # fmt: skip
+    write_json(Path(feats.out_dir) / "manifest.json", manifest)
+    report.write(Path(feats.out_dir) / "report.json")
+    computed = sum(s["computed_images"] for s in splits.values())
+    seconds = time.perf_counter() - start
+    metrics = {
+        "images": sum(s["count"] for s in splits.values()),
+        "skipped": report.total_skipped,
+        "computed_images": computed,
+        "images_per_second": round(computed / seconds, 1) if computed else None,
+        "seconds": round(seconds, 1),
+        "splits": splits,
+    }
+    write_json(cfg.outputs.metrics, metrics)
+    print(f"features: {metrics['images']} images cached, {metrics['skipped']} skipped, "
+          f"{metrics['images_per_second']} images/s")  # fmt: skip
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Stage `train_vae`: train the embedded AutoencoderKL on corpus images and save it for diffusers."""
+
+from __future__ import annotations
+
+import time
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from lightning import seed_everything
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, TensorDataset
+
+import pixart_lab.cli  # noqa: F401
+from pixart_lab.data.transforms import load_images, uint8_to_model_range
+from pixart_lab.models.vae import measure_scaling_factor, psnr, reconstruct
+from pixart_lab.training.history import MetricHistory
+from pixart_lab.training.loggers import build_loggers
+from pixart_lab.training.vae_module import VAEModule
+from pixart_lab.utils.io import atomic_dir, write_json
+
+
+def clean_only(records, quality):
+    """Held-out records rendered cleanly (scene-graph quality); all records for data without one."""
+    if quality is None:
+        return records
+    return [r for r in records if (r.scene or {}).get("quality") == quality]
+
+
+@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_vae")
+def main(cfg: DictConfig) -> dict:
+    seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+    size, train_cfg = cfg.data.image_size, cfg.vae.train
+    train_images, _ = load_images(instantiate(cfg.data.splits.train).records(), size, size)
+    heldout = clean_only(instantiate(cfg.data.splits.heldout).records(), cfg.data.clean_quality)
+    val_images, _ = load_images(heldout[: train_cfg.val_images], size, size)
+
+    vae = instantiate(cfg.vae.model)
+    module = VAEModule(vae, train_cfg.lr, train_cfg.kl_weight, train_cfg.crop_size, train_cfg.warmup_steps)
+    history = MetricHistory(cfg.outputs.plot, keys=["train/loss", "train/mse"], every_n_steps=10)
+    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=[history])
+    trainer.fit(
+        module,
+        DataLoader(TensorDataset(train_images), batch_size=train_cfg.batch_size, shuffle=True, drop_last=True),
+        DataLoader(TensorDataset(val_images), batch_size=64),
+    )
+
+    vae.eval()
+    scaling = measure_scaling_factor(vae, uint8_to_model_range(train_images[: train_cfg.scaling_images]))
+    vae.register_to_config(scaling_factor=scaling)
+    with torch.no_grad():
+        images = uint8_to_model_range(val_images)
+        scores = torch.cat([psnr(reconstruct(vae, images[i : i + 64]), images[i : i + 64]) for i in range(0, len(images), 64)])
+    with atomic_dir(cfg.outputs.model_dir) as tmp:
+        vae.save_pretrained(tmp)
+    latent = vae.encode(images[:1]).latent_dist.mean
+    metrics = {
+        "heldout_clean_psnr_db": round(float(scores.mean()), 3),
+        "heldout_clean_psnr_db_min": round(float(scores.min()), 3),
+        "heldout_images": len(images),
+        "scaling_factor": round(scaling, 6),
+        "latent_shape": list(latent.shape[1:]),
+        "parameters": sum(p.numel() for p in vae.parameters()),
+        "steps": trainer.global_step,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json(cfg.outputs.metrics, metrics)
+    print(f"VAE: held-out clean PSNR {metrics['heldout_clean_psnr_db']} dB, scaling factor {scaling:.4f}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""OmegaConf resolvers used by ``conf/`` (registered on import by every entry point)."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from pixart_lab.training.loggers import wandb_logged_in
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("pixart.wandb_offline"):
+        OmegaConf.register_new_resolver("pixart.wandb_offline", lambda: not wandb_logged_in())
+
+
+register_resolvers()

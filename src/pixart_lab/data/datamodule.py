@@ -1,0 +1,185 @@
+"""Lightning DataModule over the feature cache: posterior-sampled latents plus caption embeddings.
+
+Latents are drawn from the cached posterior, z = (mean + std * eps) * scaling_factor, as PixArt
+samples from the VAE's DiagonalGaussian at every step rather than using its mean. Batches never mix
+aspect buckets (stage 3); caption embeddings are padded to one length per batch, with the mask
+marking the valid tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pixart_lab.data.features import read_shard
+
+
+class FeatureDataset(Dataset):
+    """All shards of one split in memory; item = latent sample, caption embedding/mask, label, bucket."""
+
+    def __init__(
+        self,
+        split_dir: str | Path,
+        scaling_factor: float,
+        caption: str = "dense",
+        min_aesthetic: float | None = None,
+    ):
+        self.split_dir = Path(split_dir)
+        index_path = self.split_dir / "index.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"feature index not found: {index_path} (run the extract_features stage)")
+        self.scaling_factor = scaling_factor
+        self.caption = caption
+        self.keys: list[str] = []
+        self.items: list[tuple[int, int]] = []  # (shard, row)
+        self.shards: list[dict[str, torch.Tensor]] = []
+        self.sizes: list[tuple[int, int]] = []
+        for shard_info in json.loads(index_path.read_text())["shards"]:
+            tensors, keys = read_shard(self.split_dir / shard_info["file"])
+            if f"{caption}_emb" not in tensors:
+                raise KeyError(f"{self.split_dir / shard_info['file']}: no '{caption}' captions cached")
+            rows = range(len(keys))
+            if min_aesthetic is not None:
+                rows = [i for i in rows if tensors["aesthetic"][i] >= min_aesthetic]
+            shard_id = len(self.shards)
+            self.shards.append(tensors)
+            self.sizes.append((shard_info["height"], shard_info["width"]))
+            self.items.extend((shard_id, i) for i in rows)
+            self.keys.extend(keys[i] for i in rows)
+        if not self.items:
+            raise ValueError(f"{self.split_dir}: no cached examples (min_aesthetic={min_aesthetic})")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def bucket_of(self, index: int) -> tuple[int, int]:
+        return self.sizes[self.items[index][0]]
+
+    def __getitem__(self, index: int) -> dict:
+        shard_id, row = self.items[index]
+        shard = self.shards[shard_id]
+        mean, std = shard["latent_mean"][row], shard["latent_std"][row]
+        height, width = self.sizes[shard_id]
+        return {
+            "latent": (mean + std * torch.randn_like(mean)) * self.scaling_factor,
+            "caption_emb": shard[f"{self.caption}_emb"][row].float(),
+            "caption_mask": shard[f"{self.caption}_mask"][row].long(),
+            "label": shard["label"][row],
+            "aesthetic": shard["aesthetic"][row],
+            "hw": torch.tensor([height, width], dtype=torch.float32),
+            "index": index,
+        }
+
+
+def collate(items: Sequence[dict], text_len: int | None = None) -> dict:
+    """Stack items; pad caption embeddings and masks to ``text_len`` (default: the batch's longest)."""
+    length = text_len or max(int(item["caption_mask"].shape[0]) for item in items)
+    emb = torch.zeros(len(items), length, items[0]["caption_emb"].shape[-1])
+    mask = torch.zeros(len(items), length, dtype=torch.long)
+    for i, item in enumerate(items):
+        n = min(length, item["caption_mask"].shape[0])
+        emb[i, :n], mask[i, :n] = item["caption_emb"][:n], item["caption_mask"][:n]
+    batch = {k: torch.stack([item[k] for item in items]) for k in ("latent", "label", "aesthetic", "hw")}
+    batch.update(caption_emb=emb, caption_mask=mask, index=torch.tensor([item["index"] for item in items]))
+    return batch
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches that never mix aspect buckets (PixArt's multi-scale training); seeded per epoch."""
+
+    def __init__(self, buckets: Sequence[tuple[int, int]], batch_size: int, shuffle: bool, seed: int, drop_last: bool):
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.groups: dict[tuple[int, int], list[int]] = {}
+        for i, bucket in enumerate(buckets):
+            self.groups.setdefault(bucket, []).append(i)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = []
+        for indices in self.groups.values():
+            order = [indices[i] for i in torch.randperm(len(indices), generator=generator)] if self.shuffle else indices
+            for i in range(0, len(order), self.batch_size):
+                batch = order[i : i + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()
+        self.epoch += 1
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return sum(len(g) // self.batch_size for g in self.groups.values())
+        return sum(math.ceil(len(g) / self.batch_size) for g in self.groups.values())
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Train/validation loaders over ``features/<split>`` for one curriculum stage."""
+
+    def __init__(
+        self,
+        features_dir: str | Path,
+        train_split: str = "train",
+        val_split: str | None = "heldout",
+        caption: str = "dense",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        min_aesthetic: float | None = None,
+        text_len: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.features_dir = Path(features_dir)
+        self.train_split, self.val_split, self.caption = train_split, val_split, caption
+        self.batch_size, self.num_workers, self.min_aesthetic = batch_size, num_workers, min_aesthetic
+        self.text_len, self.seed = text_len, seed
+        self.train_set: FeatureDataset | None = None
+        self.val_set: FeatureDataset | None = None
+
+    @property
+    def manifest(self) -> dict:
+        path = self.features_dir / "manifest.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"feature manifest not found: {path} (run the extract_features stage)")
+        return json.loads(path.read_text())
+
+    def setup(self, stage: str | None = None) -> None:
+        scaling = float(self.manifest["vae"]["scaling_factor"])
+        if self.train_set is None:
+            self.train_set = FeatureDataset(
+                self.features_dir / self.train_split, scaling, self.caption, self.min_aesthetic
+            )
+        if self.val_split and self.val_set is None:
+            self.val_set = FeatureDataset(self.features_dir / self.val_split, scaling, self.caption)
+
+    def _loader(self, dataset: FeatureDataset, shuffle: bool) -> DataLoader:
+        sampler = BucketBatchSampler(
+            [dataset.bucket_of(i) for i in range(len(dataset))], self.batch_size, shuffle, self.seed, drop_last=shuffle
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, text_len=self.text_len),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False) if self.val_set else []

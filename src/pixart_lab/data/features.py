@@ -1,0 +1,178 @@
+"""The feature cache: VAE posterior moments and T5 caption embeddings, in packed, atomic shards.
+
+PixArt trains from pre-extracted features (its ``tools/extract_features.py``): the VAE and T5 never
+run in the training loop. Each shard holds one aspect bucket, so every batch drawn from a shard
+has one latent shape. Layout::
+
+    features/manifest.json                      VAE scaling factor, text encoder, splits
+    features/<split>/index.json                 shards: file, bucket, size, count
+    features/<split>/<bucket>-00000.safetensors latent_mean, latent_std, {dense,sparse}_{emb,mask},
+                                                label, aesthetic; record keys in the metadata
+    features/report.json                        skipped inputs by reason
+
+Shards are written to a temporary name and renamed, so a killed run leaves only whole shards, and a
+re-run skips those and computes the rest (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from pixart_lab.data.buckets import aspect_ratio_table, closest_bucket
+from pixart_lab.data.records import Record, SkipReport
+from pixart_lab.data.transforms import load_images, uint8_to_model_range
+from pixart_lab.models.text_encoder import FrozenTextEncoder
+from pixart_lab.utils.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+CAPTION_KINDS = ("dense", "sparse")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How one split is bucketed: a single square size, or PixArt-style aspect buckets of ~size² area."""
+
+    name: str
+    size: int
+    aspect_ratios: Sequence[float] | None = None
+    bucket_multiple: int = 8
+
+    def buckets(self) -> dict[str, tuple[int, int]]:
+        if not self.aspect_ratios:
+            return {"1.0": (self.size, self.size)}
+        return aspect_ratio_table(self.size, self.aspect_ratios, self.bucket_multiple)
+
+
+def assign_buckets(records: Sequence[Record], spec: SplitSpec) -> dict[str, list[Record]]:
+    """Group records by the closest aspect bucket (PixArt's get_closest_ratio), order preserved."""
+    table = spec.buckets()
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        key = "1.0" if len(table) == 1 else closest_bucket(record.height or 1, record.width or 1, table)
+        groups[key].append(record)
+    return dict(sorted(groups.items()))
+
+
+def shard_name(bucket: str, index: int) -> str:
+    return f"{bucket.replace('.', 'p')}-{index:05d}.safetensors"
+
+
+def read_shard(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Load one shard's tensors and record keys; raise ``ValueError`` naming the file if it is unusable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = json.loads(f.metadata()["pixart_lab"])["keys"]
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable feature shard ({e})") from e
+    return tensors, keys
+
+
+def _shard_is_complete(path: Path, expected: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        _, keys = read_shard(path)
+    except ValueError:
+        return False
+    return len(keys) <= expected  # fewer when bad images were skipped
+
+
+@torch.no_grad()
+def encode_shard(
+    records: Sequence[Record],
+    size: tuple[int, int],
+    vae: AutoencoderKL,
+    text_encoder: FrozenTextEncoder,
+    report: SkipReport,
+    batch_size: int,
+    emb_dtype: torch.dtype,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """VAE posterior moments of the images and T5 embeddings of their captions, for one shard."""
+    images, kept = load_images(records, *size, report=report, progress=False)
+    means, stds = [], []
+    for i in range(0, len(images), batch_size):
+        posterior = vae.encode(uint8_to_model_range(images[i : i + batch_size])).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    tensors = {"latent_mean": torch.cat(means).float().contiguous(), "latent_std": torch.cat(stds).float().contiguous()}
+    captions = {"dense": [r.dense_caption for r in kept]}
+    if all(r.sparse_caption for r in kept):
+        captions["sparse"] = [r.sparse_caption for r in kept]
+    for kind, texts in captions.items():
+        embs, masks = zip(*(text_encoder.encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)))
+        emb, mask = torch.cat(embs), torch.cat(masks)
+        # Trim shared padding: positions past the longest caption are masked out anyway.
+        length = max(1, int(mask.sum(1).max()))
+        tensors[f"{kind}_emb"] = emb[:, :length].to(emb_dtype).contiguous()
+        tensors[f"{kind}_mask"] = mask[:, :length].to(torch.uint8).contiguous()
+    tensors["label"] = torch.tensor([-1 if r.label is None else int(r.label) for r in kept], dtype=torch.int64)
+    tensors["aesthetic"] = torch.tensor([math.nan if r.aesthetic is None else float(r.aesthetic) for r in kept])
+    return tensors, [r.key for r in kept]
+
+
+def extract_split(
+    records: Sequence[Record],
+    spec: SplitSpec,
+    out_dir: str | Path,
+    vae: AutoencoderKL,
+    text_encoder: FrozenTextEncoder,
+    report: SkipReport,
+    shard_size: int = 1024,
+    batch_size: int = 64,
+    emb_dtype: torch.dtype = torch.float16,
+    progress: bool = True,
+    on_shard_written: Callable[[Path], None] | None = None,
+) -> dict:
+    """Extract every missing shard of one split and write its index; return counts and throughput."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = [
+        (bucket, spec.buckets()[bucket], i // shard_size, group[i : i + shard_size])
+        for bucket, group in assign_buckets(records, spec).items()
+        for i in range(0, len(group), shard_size)
+    ]
+    shards, computed_images, seconds = [], 0, 0.0
+    bar = tqdm(total=len(records), desc=f"features {spec.name}", unit="img", disable=not progress)
+    for bucket, size, index, chunk in plan:
+        path = out_dir / shard_name(bucket, index)
+        if not _shard_is_complete(path, len(chunk)):
+            start = time.perf_counter()
+            tensors, keys = encode_shard(chunk, size, vae, text_encoder, report, batch_size, emb_dtype)
+            # One metadata entry: safetensors orders several entries arbitrarily, and equal shards
+            # must be equal bytes (resume, DVC hashes).
+            info = {"keys": keys, "bucket": bucket, "height": size[0], "width": size[1]}
+            metadata = {"pixart_lab": json.dumps(info, sort_keys=True)}
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata=metadata)
+            seconds += time.perf_counter() - start
+            computed_images += len(chunk)
+            if on_shard_written is not None:
+                on_shard_written(path)
+        _, keys = read_shard(path)
+        shards.append({"file": path.name, "bucket": bucket, "height": size[0], "width": size[1], "count": len(keys)})
+        bar.update(len(chunk))
+    bar.close()
+    index = {"split": spec.name, "shards": shards, "count": sum(s["count"] for s in shards)}
+    write_json(out_dir / "index.json", index)
+    return {
+        "count": index["count"],
+        "computed_images": computed_images,
+        "images_per_second": round(computed_images / seconds, 1) if seconds else None,
+    }

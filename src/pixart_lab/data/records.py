@@ -1,0 +1,91 @@
+"""The common currency of every data source: a captioned image record, and the skip report."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training example as any reader yields it.
+
+    ``dense_caption`` is the information-dense caption (PixArt's VLM caption); ``sparse_caption``
+    an alt-text-like one where the source has it. ``label`` is the class for stage 1,
+    ``aesthetic`` the score used to pick the stage-3 subset, ``scene`` the scene graph (embedded
+    corpus only) used by the evaluators.
+    """
+
+    key: str
+    image_path: Path
+    dense_caption: str
+    sparse_caption: str | None = None
+    label: int | None = None
+    aesthetic: float | None = None
+    height: int | None = None
+    width: int | None = None
+    scene: dict[str, Any] | None = None
+
+
+@dataclass
+class SkipReport:
+    """Counts skipped inputs by reason and keeps a few examples of each; nothing is lost silently."""
+
+    source: str = ""
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    max_examples: int = 5
+
+    def skip(self, key: str, reason: str) -> None:
+        """Record that ``key`` was skipped because of ``reason`` and log it with the running count."""
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < self.max_examples:
+            self.examples[reason].append(key)
+        log.warning("%s: %s; skipped (%d so far)", key, reason, self.total_skipped)
+
+    def keep(self) -> None:
+        self.kept += 1
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "kept": self.kept,
+            "skipped": self.total_skipped,
+            "by_reason": dict(sorted(self.skipped.items())),
+            "examples": self.examples,
+        }
+
+    def write(self, path: str | Path) -> None:
+        from pixart_lab.utils.io import write_json
+
+        write_json(path, self.as_dict())
+
+    def merge(self, other: SkipReport) -> None:
+        self.kept += other.kept
+        self.skipped.update(other.skipped)
+        for reason, keys in other.examples.items():
+            mine = self.examples.setdefault(reason, [])
+            mine.extend(keys[: max(0, self.max_examples - len(mine))])
+
+    def __str__(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+
+class RecordSource(Protocol):
+    """What every reader provides: an ordered, deterministic stream of records plus a skip report."""
+
+    report: SkipReport
+
+    def records(self) -> list[Record]: ...

@@ -1,0 +1,85 @@
+"""The image autoencoder: diffusers ``AutoencoderKL``, tiny for the embedded default, SD's by config.
+
+Latents are multiplied by ``scaling_factor`` before diffusion so they have unit variance, the role
+SD's 0.18215 plays; for a freshly trained VAE it is measured as 1 / std of posterior samples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from diffusers import AutoencoderKL
+
+
+def build_vae(
+    block_out_channels: Sequence[int] = (32, 64, 64),
+    layers_per_block: int = 1,
+    latent_channels: int = 4,
+    norm_num_groups: int = 16,
+    sample_size: int = 64,
+) -> AutoencoderKL:
+    """A small ``AutoencoderKL``; it downsamples by 2 ** (len(block_out_channels) - 1)."""
+    n = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        norm_num_groups=norm_num_groups,
+        sample_size=sample_size,
+    )
+
+
+def load_vae(name_or_path: str, subfolder: str | None = None, scaling_factor: float | None = None) -> AutoencoderKL:
+    """Load a pretrained VAE (a local folder, or a hub name such as ``stabilityai/sd-vae-ft-ema``).
+
+    Offline (``HF_HUB_OFFLINE=1`` or no network) a hub name that is not in the local cache raises
+    ``FileNotFoundError`` saying where to put the weights.
+    """
+    local = os.path.isdir(name_or_path)
+    try:
+        vae = AutoencoderKL.from_pretrained(
+            name_or_path, subfolder=subfolder, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1"
+        )
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(
+            f"VAE '{name_or_path}'{f' (subfolder {subfolder})' if subfolder else ''} could not be loaded: "
+            "give a local folder written by save_pretrained, or download it once with network access "
+            f"(huggingface-cli download {name_or_path}). Cause: {e}"
+        ) from e
+    if scaling_factor is not None:
+        vae.register_to_config(scaling_factor=float(scaling_factor))
+    return vae
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> dict[str, torch.Tensor]:
+    """Reconstruction MSE (images in [-1, 1]) plus ``kl_weight`` times the per-pixel KL to N(0, I)."""
+    posterior = vae.encode(images).latent_dist
+    reconstruction = vae.decode(posterior.sample()).sample
+    mse = torch.mean((reconstruction.float() - images.float()) ** 2)
+    kl = posterior.kl().mean() / images[0].numel()
+    return {"loss": mse + kl_weight * kl, "mse": mse.detach(), "kl": kl.detach()}
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """Decode the posterior mean: the deterministic reconstruction used for PSNR."""
+    return vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2, i.e. the usual [0, 1] PSNR)."""
+    mse = ((reconstruction.float() - target.float()) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> float:
+    """1 / std of posterior samples over ``images``: makes the diffusion latents unit-variance."""
+    samples = [vae.encode(images[i : i + batch_size]).latent_dist.sample() for i in range(0, len(images), batch_size)]
+    return float(1.0 / torch.cat(samples).float().std())

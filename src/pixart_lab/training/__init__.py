@@ -1,0 +1,1 @@
+"""Training: Lightning modules, callbacks, loggers and checkpoint I/O."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny generated corpus and tiny VAE / text encoder built on the spot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """24 train, 12 held-out and 10 multi-aspect images of the embedded corpus."""
+    from pixart_lab.data.corpus import CorpusConfig, generate_corpus
+
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    generate_corpus(root, CorpusConfig(n_train=24, n_heldout=12, n_aesthetic=10, workers=1), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_vae():
+    from pixart_lab.models.vae import build_vae
+
+    torch.manual_seed(0)
+    return build_vae(block_out_channels=(8, 16, 16), latent_channels=4, norm_num_groups=4, sample_size=64).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder(tiny_corpus):
+    """Tokenizer built from the tiny corpus' captions, randomly initialised T5 encoder (no pre-training)."""
+    from transformers import T5EncoderModel
+
+    from pixart_lab.data.readers import PixArtInfoReader
+    from pixart_lab.models.text_encoder import FrozenTextEncoder, T5PretrainConfig, t5_config
+    from pixart_lab.models.tokenizer import build_tokenizer
+
+    records = PixArtInfoReader(tiny_corpus / "train" / "data_info.json").records()
+    tokenizer = build_tokenizer([c for r in records for c in (r.dense_caption, r.sparse_caption)])
+    torch.manual_seed(0)
+    config = t5_config(tokenizer, T5PretrainConfig(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64))
+    return FrozenTextEncoder(tokenizer, T5EncoderModel(config), max_length=120)

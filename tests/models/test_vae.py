@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from pixart_lab.models.vae import build_vae, load_vae, measure_scaling_factor, psnr, reconstruct, vae_loss
+
+
+def test_downsampling_factor_and_latent_shape(tiny_vae):
+    posterior = tiny_vae.encode(torch.zeros(2, 3, 64, 48)).latent_dist
+    assert posterior.mean.shape == (2, 4, 16, 12)  # 3 blocks -> factor 4
+
+
+def test_psnr_matches_the_closed_form():
+    target = torch.zeros(1, 3, 8, 8)
+    # an error of 0.2 in [-1, 1] is 0.1 in [0, 1]: PSNR = 10 log10(1 / 0.01) = 20 dB
+    assert psnr(target + 0.2, target).item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_save_and_load_round_trip_keeps_scaling_and_outputs(tiny_vae, tmp_path):
+    tiny_vae.register_to_config(scaling_factor=0.5)
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    loaded = load_vae(str(tmp_path / "vae")).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert loaded.config.scaling_factor == 0.5
+    torch.testing.assert_close(reconstruct(loaded, x), reconstruct(tiny_vae, x), rtol=0, atol=0)
+    assert load_vae(str(tmp_path / "vae"), scaling_factor=0.18215).config.scaling_factor == 0.18215
+
+
+def test_scaling_factor_makes_latents_unit_variance(tiny_vae):
+    images = torch.rand(32, 3, 32, 32) * 2 - 1
+    scale = measure_scaling_factor(tiny_vae, images, batch_size=8)
+    torch.manual_seed(1)
+    latents = tiny_vae.encode(images).latent_dist.sample() * scale
+    assert latents.std().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_a_few_steps_lower_the_reconstruction_loss():
+    torch.manual_seed(0)
+    vae = build_vae(block_out_channels=(8, 16), norm_num_groups=4)
+    images = (torch.rand(4, 3, 1, 1) * 2 - 1).expand(4, 3, 16, 16).contiguous()  # flat colours
+    optimizer = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = vae_loss(vae, images, kl_weight=1e-4)
+        optimizer.zero_grad()
+        loss["loss"].backward()
+        optimizer.step()
+        losses.append(loss["mse"].item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert math.isfinite(loss["kl"].item()) and loss["kl"].item() >= 0
+
+
+def test_missing_vae_gives_a_clear_offline_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"VAE 'nobody/no-such-vae' could not be loaded: give a local folder"):
+        load_vae("nobody/no-such-vae")
