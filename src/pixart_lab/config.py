@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from pixart_lab.training.loggers import wandb_logged_in
+from pixart_lab.training.wiring import wandb_logged_in
 
 
 def register_resolvers() -> None:

@@ -15,7 +15,7 @@ import pixart_lab.cli  # noqa: F401
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
 from pixart_lab.models.vae import measure_scaling_factor, psnr, reconstruct
 from pixart_lab.training.history import MetricHistory
-from pixart_lab.training.loggers import build_loggers
+from pixart_lab.training.wiring import build_callbacks, build_loggers
 from pixart_lab.training.vae_module import VAEModule
 from pixart_lab.utils.io import atomic_dir, write_json
 
@@ -37,9 +37,11 @@ def main(cfg: DictConfig) -> dict:
     val_images, _ = load_images(heldout[: train_cfg.val_images], size, size)
 
     vae = instantiate(cfg.vae.model)
-    module = VAEModule(vae, train_cfg.lr, train_cfg.kl_weight, train_cfg.crop_size, train_cfg.warmup_steps)
+    module = VAEModule(
+        vae, train_cfg.lr, train_cfg.kl_weight, train_cfg.crop_size, train_cfg.warmup_steps, train_cfg.max_steps
+    )
     history = MetricHistory(cfg.outputs.plot, keys=["train/loss", "train/mse"], every_n_steps=10)
-    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=[history])
+    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=build_callbacks(cfg.callbacks, history))
     trainer.fit(
         module,
         DataLoader(TensorDataset(train_images), batch_size=train_cfg.batch_size, shuffle=True, drop_last=True),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -9,6 +12,17 @@ import yaml
 
 class CorpusMismatchError(RuntimeError):
     """The regenerated corpus does not hash to what the .dvc file records."""
+
+
+@contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """DVC resolves targets and outputs against the current directory: run inside the repository."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def recorded_hashes(dvc_file: Path) -> list[str]:
@@ -29,8 +43,8 @@ def sync_with_dvc_file(dvc_file: str | Path, on_mismatch: str = "error") -> str:
         raise FileNotFoundError(f"{dvc_file} not found")
     recorded_text = dvc_file.read_text()
     expected = recorded_hashes(dvc_file)
-    with Repo(str(dvc_file.parent)) as repo:
-        target = str(dvc_file.relative_to(Path(repo.root_dir)))
+    with working_directory(dvc_file.parent), Repo() as repo:
+        target = os.path.relpath(dvc_file, repo.root_dir)
         if not repo.status(targets=[target]):
             return "clean"
         # `dvc commit` hashes the workspace and stores it in the cache; it rewrites the .dvc file

@@ -94,7 +94,14 @@ def _shard_is_complete(path: Path, expected: int) -> bool:
     return len(keys) <= expected  # fewer when bad images were skipped
 
 
-@torch.no_grad()
+def pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad (or cut) dimension 1 of ``x`` to ``length``."""
+    if x.shape[1] >= length:
+        return x[:, :length]
+    return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.shape[1]))
+
+
+@torch.inference_mode()
 def encode_shard(
     records: Sequence[Record],
     size: tuple[int, int],
@@ -108,7 +115,8 @@ def encode_shard(
     images, kept = load_images(records, *size, report=report, progress=False)
     means, stds = [], []
     for i in range(0, len(images), batch_size):
-        posterior = vae.encode(uint8_to_model_range(images[i : i + batch_size])).latent_dist
+        batch = uint8_to_model_range(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
+        posterior = vae.encode(batch).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
     tensors = {"latent_mean": torch.cat(means).float().contiguous(), "latent_std": torch.cat(stds).float().contiguous()}
@@ -116,12 +124,16 @@ def encode_shard(
     if all(r.sparse_caption for r in kept):
         captions["sparse"] = [r.sparse_caption for r in kept]
     for kind, texts in captions.items():
-        embs, masks = zip(*(text_encoder.encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)))
-        emb, mask = torch.cat(embs), torch.cat(masks)
-        # Trim shared padding: positions past the longest caption are masked out anyway.
-        length = max(1, int(mask.sum(1).max()))
-        tensors[f"{kind}_emb"] = emb[:, :length].to(emb_dtype).contiguous()
-        tensors[f"{kind}_mask"] = mask[:, :length].to(torch.uint8).contiguous()
+        batches = [
+            text_encoder.encode(texts[i : i + batch_size], pad_to_max_length=False)
+            for i in range(0, len(texts), batch_size)
+        ]
+        length = max(1, max(int(mask.sum(1).max()) for _, mask in batches))
+        emb = torch.cat([pad_tokens(e, length) for e, _ in batches])
+        mask = torch.cat([pad_tokens(m, length) for _, m in batches])
+        # Stored at the shard's longest caption, not max_length: the rest is masked padding.
+        tensors[f"{kind}_emb"] = emb.to(emb_dtype).contiguous()
+        tensors[f"{kind}_mask"] = mask.to(torch.uint8).contiguous()
     tensors["label"] = torch.tensor([-1 if r.label is None else int(r.label) for r in kept], dtype=torch.int64)
     tensors["aesthetic"] = torch.tensor([math.nan if r.aesthetic is None else float(r.aesthetic) for r in kept])
     return tensors, [r.key for r in kept]

@@ -291,11 +291,12 @@ class FrozenTextEncoder(nn.Module):
         return next(self.encoder.parameters()).device
 
     @torch.no_grad()
-    def encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, captions: Sequence[str], pad_to_max_length: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """``(last_hidden_state [B, max_length, D] float32, attention_mask [B, max_length] long)``.
 
         Captions are padded to ``max_length`` and truncated to it (keeping ``</s>`` last), as PixArt
-        tokenises for T5; a warning gives the number of truncated captions.
+        tokenises for T5; a warning gives the number of truncated captions. ``pad_to_max_length=False``
+        pads only to the longest caption: the valid positions are the same, at a fraction of the cost.
         """
         if isinstance(captions, str):
             captions = [captions]
@@ -310,7 +311,11 @@ class FrozenTextEncoder(nn.Module):
                 n_truncated, len(captions), self.max_length,
             )
         batch = self.tokenizer(
-            captions, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            captions,
+            padding="max_length" if pad_to_max_length else "longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import lightning as L
 import torch
 from diffusers import AutoencoderKL
@@ -10,13 +13,32 @@ from pixart_lab.data.transforms import uint8_to_model_range
 from pixart_lab.models.vae import psnr, reconstruct, vae_loss
 
 
+def warmup_cosine(warmup_steps: int, total_steps: int | None, step: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 0 at ``total_steps`` (constant if None)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not total_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class VAEModule(L.LightningModule):
     """MSE + small KL on random crops (the VAE is convolutional, so crops train it as well as whole images)."""
 
-    def __init__(self, vae: AutoencoderKL, lr: float, kl_weight: float, crop_size: int | None, warmup_steps: int = 0):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        lr: float,
+        kl_weight: float,
+        crop_size: int | None,
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+    ):
         super().__init__()
         self.vae = vae
-        self.lr, self.kl_weight, self.crop_size, self.warmup_steps = lr, kl_weight, crop_size, warmup_steps
+        self.lr, self.kl_weight, self.crop_size = lr, kl_weight, crop_size
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
 
     def _random_crop(self, images: torch.Tensor) -> torch.Tensor:
         size = self.crop_size
@@ -39,6 +61,5 @@ class VAEModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.vae.parameters(), lr=self.lr, weight_decay=0.0)
-        warmup = max(1, self.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, self.warmup_steps, self.total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,4 +1,4 @@
-"""Experiment loggers: W&B (offline unless the user is logged in) plus a local CSV logger tests can read."""
+"""Experiment loggers (W&B offline unless the user is logged in, plus local CSV) and callbacks from config."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from hydra.utils import instantiate
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
@@ -34,3 +35,9 @@ def build_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
                 Path(conf.save_dir).mkdir(parents=True, exist_ok=True)
             loggers.append(instantiate(conf))
     return loggers
+
+
+def build_callbacks(callbacks_cfg: DictConfig | None, *extra: Callback) -> list[Callback]:
+    """Instantiate every callback configured under ``callbacks`` and append ``extra`` ones."""
+    configured = [instantiate(c) for c in (callbacks_cfg or {}).values() if c is not None and "_target_" in c]
+    return [*configured, *extra]

@@ -1,0 +1,26 @@
+"""``pixart-lab <stage> [hydra overrides]``: one command for every stage entry point."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+STAGES = {
+    "corpus": "pixart_lab.cli.corpus",
+    "train_vae": "pixart_lab.cli.train_vae",
+    "train_text_encoder": "pixart_lab.cli.train_text_encoder",
+    "extract_features": "pixart_lab.cli.extract_features",
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in STAGES:
+        names = ", ".join(STAGES)
+        sys.exit(f"usage: pixart-lab <stage> [key=value ...]\nstages: {names}")
+    stage = sys.argv.pop(1)
+    sys.argv[0] = f"pixart-lab {stage}"
+    importlib.import_module(STAGES[stage]).main()
+
+
+if __name__ == "__main__":
+    main()

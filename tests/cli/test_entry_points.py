@@ -1,0 +1,32 @@
+import subprocess
+import sys
+
+import pytest
+
+from pixart_lab.cli.main import STAGES
+
+
+def test_unknown_stage_prints_the_stage_list(monkeypatch, capsys):
+    from pixart_lab.cli import main as entry
+
+    monkeypatch.setattr(sys, "argv", ["pixart-lab", "nope"])
+    with pytest.raises(SystemExit) as e:
+        entry.main()
+    assert "stages: corpus, train_vae, train_text_encoder, extract_features" in str(e.value)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_composes_its_config(stage):
+    out = subprocess.run(
+        [sys.executable, "-m", STAGES[stage], "--cfg", "job", "--resolve"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"task_name: {stage}" in out.stdout
+
+
+def test_smoke_profile_overrides_sizes():
+    out = subprocess.run(
+        [sys.executable, "-m", STAGES["train_vae"], "profile=smoke", "--cfg", "job", "--resolve"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "max_steps: 4" in out.stdout and "n_train: 256" in out.stdout
