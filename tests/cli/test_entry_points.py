@@ -30,3 +30,16 @@ def test_smoke_profile_overrides_sizes():
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "max_steps: 4" in out.stdout and "n_train: 256" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "stage, choice, message",
+    [("train_vae", "vae=sd_vae_ft_ema", "train_vae trains the embedded VAE only"),
+     ("train_text_encoder", "text_encoder=t5_v1_1_xxl", "train_text_encoder builds the embedded T5 only")],
+)  # fmt: skip
+def test_training_a_pretrained_choice_is_refused_in_one_line(stage, choice, message, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", STAGES[stage], choice, f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1 and message in out.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +66,7 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     assert (clone / "models" / "vae" / "config.json").is_file()
     assert (clone / "models" / "text_encoder" / "tokenizer").is_dir()
     assert (clone / "plots" / "vae_loss.csv").read_text().startswith("step,loss,mse")
+    assert Image.open(clone / "plots" / "vae_reconstructions.png").size == (8 * 66 + 2, 2 * 66 + 2)
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"

@@ -24,6 +24,11 @@ def captions_of(records) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_text_encoder")
 def main(cfg: DictConfig) -> dict:
+    if "pretrain" not in cfg.text_encoder:
+        raise SystemExit(
+            f"text_encoder={cfg.text_encoder.name} is pretrained ({cfg.text_encoder.pretrained}); "
+            "train_text_encoder builds the embedded T5 only"
+        )
     seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.text_encoder.num_threads)
     start = time.perf_counter()

@@ -15,6 +15,7 @@ import pixart_lab.cli  # noqa: F401
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
 from pixart_lab.models.vae import measure_scaling_factor, psnr, reconstruct
 from pixart_lab.training.history import MetricHistory
+from pixart_lab.training.images import save_grid
 from pixart_lab.training.wiring import build_callbacks, build_loggers
 from pixart_lab.training.vae_module import VAEModule
 from pixart_lab.utils.io import atomic_dir, write_json
@@ -29,6 +30,8 @@ def clean_only(records, quality):
 
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_vae")
 def main(cfg: DictConfig) -> dict:
+    if "train" not in cfg.vae:
+        raise SystemExit(f"vae={cfg.vae.name} is pretrained ({cfg.vae.pretrained}); train_vae trains the embedded VAE only")
     seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
     size, train_cfg = cfg.data.image_size, cfg.vae.train
@@ -54,6 +57,9 @@ def main(cfg: DictConfig) -> dict:
     with torch.no_grad():
         images = uint8_to_model_range(val_images)
         scores = torch.cat([psnr(reconstruct(vae, images[i : i + 64]), images[i : i + 64]) for i in range(0, len(images), 64)])
+        shown = images[: cfg.outputs.grid_images]
+        # Top row: held-out originals; bottom row: their reconstructions.
+        save_grid(torch.cat([shown, reconstruct(vae, shown)]), cfg.outputs.grid, len(shown), trainer.loggers)
     with atomic_dir(cfg.outputs.model_dir) as tmp:
         vae.save_pretrained(tmp)
     latent = vae.encode(images[:1]).latent_dist.mean
