@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> dict:
         vae, train_cfg.lr, train_cfg.kl_weight, train_cfg.crop_size, train_cfg.warmup_steps, train_cfg.max_steps
     )
     history = MetricHistory(cfg.outputs.plot, keys=["train/loss", "train/mse"], every_n_steps=10)
-    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=build_callbacks(cfg.callbacks, history))
+    callbacks = build_callbacks(cfg.callbacks, history)
+    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=callbacks)
     trainer.fit(
         module,
         DataLoader(TensorDataset(train_images), batch_size=train_cfg.batch_size, shuffle=True, drop_last=True),
@@ -56,10 +57,11 @@ def main(cfg: DictConfig) -> dict:
     vae.register_to_config(scaling_factor=scaling)
     with torch.no_grad():
         images = uint8_to_model_range(val_images)
-        scores = torch.cat([psnr(reconstruct(vae, images[i : i + 64]), images[i : i + 64]) for i in range(0, len(images), 64)])
-        shown = images[: cfg.outputs.grid_images]
+        reconstructions = torch.cat([reconstruct(vae, images[i : i + 64]) for i in range(0, len(images), 64)])
+        scores = psnr(reconstructions, images)
+        n = cfg.outputs.grid_images
         # Top row: held-out originals; bottom row: their reconstructions.
-        save_grid(torch.cat([shown, reconstruct(vae, shown)]), cfg.outputs.grid, len(shown), trainer.loggers)
+        save_grid(torch.cat([images[:n], reconstructions[:n]]), cfg.outputs.grid, min(n, len(images)), trainer.loggers)
     with atomic_dir(cfg.outputs.model_dir) as tmp:
         vae.save_pretrained(tmp)
     latent = vae.encode(images[:1]).latent_dist.mean

@@ -95,9 +95,7 @@ def _shard_is_complete(path: Path, expected: int) -> bool:
 
 
 def pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pad (or cut) dimension 1 of ``x`` to ``length``."""
-    if x.shape[1] >= length:
-        return x[:, :length]
+    """Zero-pad dimension 1 of ``x`` (tokens) up to ``length``."""
     return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.shape[1]))
 
 
@@ -128,7 +126,8 @@ def encode_shard(
             text_encoder.encode(texts[i : i + batch_size], pad_to_max_length=False)
             for i in range(0, len(texts), batch_size)
         ]
-        length = max(1, max(int(mask.sum(1).max()) for _, mask in batches))
+        # Each batch is padded to its own longest caption; pad them all to the shard's longest.
+        length = max(mask.shape[1] for _, mask in batches)
         emb = torch.cat([pad_tokens(e, length) for e, _ in batches])
         mask = torch.cat([pad_tokens(m, length) for _, m in batches])
         # Stored at the shard's longest caption, not max_length: the rest is masked padding.

@@ -24,20 +24,20 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def configured_entries(group_cfg: DictConfig | None) -> list[DictConfig]:
+    """The entries of a name -> config mapping (``logger``, ``callbacks``) that name a ``_target_``."""
+    return [c for c in (group_cfg or {}).values() if c is not None and "_target_" in c]
+
+
 def build_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
-    """Instantiate every logger configured under ``logger`` (a mapping of name -> config)."""
-    if not logger_cfg:
-        return []
-    loggers = []
-    for conf in logger_cfg.values():
-        if conf is not None and "_target_" in conf:
-            if "save_dir" in conf:
-                Path(conf.save_dir).mkdir(parents=True, exist_ok=True)
-            loggers.append(instantiate(conf))
-    return loggers
+    """Instantiate every logger configured under ``logger``, creating its ``save_dir`` first."""
+    entries = configured_entries(logger_cfg)
+    for conf in entries:
+        if "save_dir" in conf:
+            Path(conf.save_dir).mkdir(parents=True, exist_ok=True)
+    return [instantiate(conf) for conf in entries]
 
 
 def build_callbacks(callbacks_cfg: DictConfig | None, *extra: Callback) -> list[Callback]:
     """Instantiate every callback configured under ``callbacks`` and append ``extra`` ones."""
-    configured = [instantiate(c) for c in (callbacks_cfg or {}).values() if c is not None and "_target_" in c]
-    return [*configured, *extra]
+    return [*(instantiate(conf) for conf in configured_entries(callbacks_cfg)), *extra]
