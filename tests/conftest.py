@@ -46,3 +46,21 @@ def tiny_text_encoder(tiny_corpus):
     torch.manual_seed(0)
     config = t5_config(tokenizer, T5PretrainConfig(d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64))
     return FrozenTextEncoder(tokenizer, T5EncoderModel(config), max_length=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_corpus, tiny_vae, tiny_text_encoder, tmp_path_factory) -> Path:
+    """The tiny corpus' feature cache: 64 px train/held-out, 128 px multi-aspect aesthetic split."""
+    from pixart_lab.data.features import SplitSpec, extract_split
+    from pixart_lab.data.readers import PixArtInfoReader
+    from pixart_lab.data.records import SkipReport
+    from pixart_lab.utils.io import write_json
+
+    root = tmp_path_factory.mktemp("tiny_features")
+    specs = [SplitSpec("train", 64), SplitSpec("heldout", 64), SplitSpec("aesthetic", 128, (0.5, 0.75, 1.0, 1.33, 2.0))]
+    for spec in specs:
+        records = PixArtInfoReader(tiny_corpus / spec.name / "data_info.json", key_prefix=f"{spec.name}/").records()
+        extract_split(records, spec, root / spec.name, tiny_vae, tiny_text_encoder, SkipReport(),
+                      shard_size=8, batch_size=4, progress=False)  # fmt: skip
+    write_json(root / "manifest.json", {"vae": {"scaling_factor": 2.0}})
+    return root

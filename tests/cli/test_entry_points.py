@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ def test_unknown_stage_prints_the_stage_list(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["pixart-lab", "nope"])
     with pytest.raises(SystemExit) as e:
         entry.main()
-    assert "stages: corpus, train_vae, train_text_encoder, extract_features" in str(e.value)
+    assert "stages: corpus, train_vae, train_text_encoder, extract_features, train_stage, reparam, sample, compare_runs" in str(e.value)
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -21,7 +22,28 @@ def test_every_stage_composes_its_config(stage):
         [sys.executable, "-m", STAGES[stage], "--cfg", "job", "--resolve"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"task_name: {stage}" in out.stdout
+    # train_stage names its run after the stage it trains (default: stage 2)
+    assert f"task_name: {'stage2' if stage == 'train_stage' else stage}" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [(["stage=1_pixel"], ["task_name: stage1", "_target_: diffusers.DiTTransformer2DModel", "init: scratch"]),
+     (["stage=2_alignment"], ["_target_: diffusers.PixArtTransformer2DModel", "init: reparam", "caption: dense"]),
+     (["stage=2_alignment", "caption=sparse", "init=scratch", "run_name=ablation"],
+      ["caption: sparse", "init: scratch", "dirpath: checkpoints/ablation"]),
+     (["stage=3_aesthetic"], ["use_additional_conditions: true", "sample_size: 128", "interpolation_scale: 8",
+                              "min_aesthetic: 5.0", "train_split: aesthetic"])],
+)  # fmt: skip
+def test_stage_choices_compose_the_paper_components(overrides, expected):
+    import pixart_lab.config  # noqa: F401  (resolvers)
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        text = OmegaConf.to_yaml(compose("train_stage", overrides=overrides), resolve=True)
+    for line in expected:
+        assert line in text, line
 
 
 def test_smoke_profile_overrides_sizes():

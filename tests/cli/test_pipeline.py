@@ -15,7 +15,10 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-STAGES = ("train_vae", "train_text_encoder", "extract_features")
+STAGES = (
+    "train_vae", "train_text_encoder", "extract_features",
+    "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "samples",
+)  # fmt: skip
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -67,6 +70,21 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     assert (clone / "models" / "text_encoder" / "tokenizer").is_dir()
     assert (clone / "plots" / "vae_loss.csv").read_text().startswith("step,loss,mse")
     assert Image.open(clone / "plots" / "vae_reconstructions.png").size == (8 * 66 + 2, 2 * 66 + 2)
+
+    # The curriculum: stage 1 -> reparam -> stage 2 -> stage 3 -> samples, each from the previous one.
+    metrics = {name: json.loads((clone / "metrics" / f"{name}.json").read_text()) for name in ("stage1", "stage2", "stage3")}
+    assert [metrics[n]["steps"] for n in metrics] == [4, 4, 4]
+    assert [metrics[n]["init"] for n in metrics] == ["scratch", "reparam", "stage2"]
+    reparam = json.loads((clone / "metrics" / "reparam.json").read_text())
+    assert reparam["max_output_error"] < 1e-5 and reparam["max_modulation_error"] < 1e-5
+    samples = json.loads((clone / "metrics" / "samples.json").read_text())
+    assert samples["export_max_abs_diff"] == 0.0 and samples["size"] == [128, 128]
+    assert Image.open(clone / "plots" / "samples_stage3.png").size == (4 * 130 + 2, 2 * 130 + 2)
+    for run in ("stage1", "stage2", "stage3"):
+        assert (clone / "checkpoints" / run / "last.ckpt").is_file()
+        assert (clone / "checkpoints" / run / "transformer" / "config.json").is_file()
+        assert (clone / "plots" / f"{run}_loss.csv").read_text().startswith("step,loss,mse,vlb")
+    assert (clone / "exports" / "pixart_stage3" / "model_index.json").is_file()
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"

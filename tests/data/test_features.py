@@ -4,11 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pixart_lab.data.datamodule import BucketBatchSampler, FeatureDataModule
+from pixart_lab.data.datamodule import BucketBatchSampler, FeatureDataModule, sample_latents
 from pixart_lab.data.features import SplitSpec, extract_split, read_shard
 from pixart_lab.data.readers import PixArtInfoReader
 from pixart_lab.data.records import Record, SkipReport
-from pixart_lab.utils.io import write_json
 
 SPECS = {
     "train": SplitSpec("train", 64),
@@ -92,27 +91,27 @@ def test_unreadable_images_are_skipped_and_counted(tiny_corpus, tiny_vae, tiny_t
 
 
 @pytest.fixture
-def feature_dir(tiny_corpus, tiny_vae, tiny_text_encoder, tmp_path):
-    for split in SPECS:
-        extract(tiny_corpus, tmp_path, tiny_vae, tiny_text_encoder, split=split)
-    write_json(tmp_path / "manifest.json", {"vae": {"scaling_factor": 2.0}})
-    return tmp_path
+def feature_dir(tiny_features):
+    return tiny_features
 
 
-def test_datamodule_batches_sampled_latents_and_padded_captions(feature_dir):
+def test_datamodule_batches_scaled_posteriors_and_padded_captions(feature_dir):
     dm = FeatureDataModule(feature_dir, batch_size=4, caption="sparse", seed=0)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    assert batch["latent"].shape == (4, 4, 16, 16)
+    assert batch["latent_mean"].shape == batch["latent_std"].shape == (4, 4, 16, 16)
     assert batch["caption_emb"].shape[:2] == batch["caption_mask"].shape
     assert batch["caption_emb"].dtype == torch.float32 and batch["label"].dtype == torch.int64
     assert len(dm.train_dataloader()) == 6 and len(dm.val_dataloader()) == 3
-    # latents are posterior samples times the scaling factor: different at every draw, centred on the mean
-    item = dm.train_set[0]
+    # latents are posterior samples times the scaling factor: centred on the scaled mean, seeded draws
     shard = dm.train_set.shards[0]
-    draws = torch.stack([dm.train_set[0]["latent"] for _ in range(200)])
-    torch.testing.assert_close(draws.mean(0), 2.0 * shard["latent_mean"][0], atol=0.5 * 2.0 * float(shard["latent_std"][0].max()), rtol=0)
-    assert not torch.equal(item["latent"], dm.train_set[0]["latent"])
+    item = dm.train_set[0]
+    torch.testing.assert_close(item["latent_mean"], 2.0 * shard["latent_mean"][0])
+    one = {k: item[k].expand(2000, *item[k].shape) for k in ("latent_mean", "latent_std")}
+    draws = sample_latents(one, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(draws.mean(0), item["latent_mean"], atol=4 * float(item["latent_std"].max()) / 2000**0.5, rtol=0)
+    torch.testing.assert_close(draws.std(0), item["latent_std"], atol=0.1 * float(item["latent_std"].max()), rtol=0.1)
+    assert torch.equal(draws, sample_latents(one, torch.Generator().manual_seed(0)))
 
 
 def test_aesthetic_batches_never_mix_buckets_and_filter_by_score(feature_dir, tiny_corpus):
@@ -123,7 +122,7 @@ def test_aesthetic_batches_never_mix_buckets_and_filter_by_score(feature_dir, ti
     for batch in dm.train_dataloader():
         assert len({tuple(hw.tolist()) for hw in batch["hw"]}) == 1
         height, width = batch["hw"][0].int().tolist()
-        assert batch["latent"].shape[-2:] == (height // 4, width // 4)
+        assert batch["latent_mean"].shape[-2:] == (height // 4, width // 4)
 
 
 def test_bucket_sampler_is_seeded_and_covers_every_index_once():
@@ -134,3 +133,32 @@ def test_bucket_sampler_is_seeded_and_covers_every_index_once():
     assert all(len({buckets[i] for i in b}) == 1 for b in first)
     assert list(BucketBatchSampler(buckets, 3, True, 3, False)) == first
     assert list(sampler) != first  # the next epoch reshuffles
+
+
+def test_loader_resumes_mid_epoch_with_the_batches_that_come_next(feature_dir):
+    def loader():
+        dm = FeatureDataModule(feature_dir, batch_size=2, seed=5)
+        dm.setup()
+        return dm.train_dataloader()
+
+    def indices(batches):
+        return [b["index"].tolist() for b in batches]
+
+    uninterrupted = loader()
+    reference = indices(uninterrupted) + indices(uninterrupted)  # two epochs
+    first = loader()
+    batches = iter(first)
+    seen = indices(next(batches) for _ in range(3))
+    state = first.state_dict()
+    assert state == {"epoch": 0, "batches": 3}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert seen + indices(resumed) + indices(resumed) == reference
+    assert reference[: len(reference) // 2] != reference[len(reference) // 2 :]  # epochs differ
+
+
+def test_a_split_without_one_full_batch_is_refused_with_the_bucket_sizes(feature_dir):
+    dm = FeatureDataModule(feature_dir, train_split="aesthetic", val_split=None, batch_size=64)
+    dm.setup()
+    with pytest.raises(ValueError, match="no bucket holds a full batch of 64"):
+        dm.train_dataloader()

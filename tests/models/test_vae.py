@@ -55,3 +55,21 @@ def test_missing_vae_gives_a_clear_offline_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"VAE 'nobody/no-such-vae' could not be loaded: give a local folder"):
         load_vae("nobody/no-such-vae")
+
+
+def test_centring_zeroes_the_latent_mean_and_keeps_reconstructions():
+    from pixart_lab.models.vae import build_vae, centre_latents
+
+    torch.manual_seed(1)
+    vae = build_vae(block_out_channels=(8, 16, 16), latent_channels=4, norm_num_groups=4, sample_size=64).eval()
+    images = torch.rand(6, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        vae.quant_conv.bias[:4] += torch.tensor([1.0, -0.5, 0.25, 2.0])  # a clearly off-centre encoder
+        before = vae.encode(images).latent_dist.mean
+        reconstruction = reconstruct(vae, images)
+        removed = centre_latents(vae, images, batch_size=4)
+        after = vae.encode(images).latent_dist
+    torch.testing.assert_close(removed, before.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(after.mean.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(after.std, vae.encode(images).latent_dist.std)
+    torch.testing.assert_close(reconstruct(vae, images), reconstruction, atol=1e-5, rtol=0)

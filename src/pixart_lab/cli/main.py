@@ -10,6 +10,10 @@ STAGES = {
     "train_vae": "pixart_lab.cli.train_vae",
     "train_text_encoder": "pixart_lab.cli.train_text_encoder",
     "extract_features": "pixart_lab.cli.extract_features",
+    "train_stage": "pixart_lab.cli.train_stage",
+    "reparam": "pixart_lab.cli.reparam",
+    "sample": "pixart_lab.cli.sample",
+    "compare_runs": "pixart_lab.cli.compare_runs",
 }
 
 

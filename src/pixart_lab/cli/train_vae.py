@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pixart_lab.cli  # noqa: F401
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
-from pixart_lab.models.vae import measure_scaling_factor, psnr, reconstruct
+from pixart_lab.models.vae import centre_latents, measure_scaling_factor, psnr, reconstruct
 from pixart_lab.training.history import MetricHistory
 from pixart_lab.training.images import save_grid
 from pixart_lab.training.wiring import build_callbacks, build_loggers
@@ -53,7 +53,9 @@ def main(cfg: DictConfig) -> dict:
     )
 
     vae.eval()
-    scaling = measure_scaling_factor(vae, uint8_to_model_range(train_images[: train_cfg.scaling_images]))
+    calibration = uint8_to_model_range(train_images[: train_cfg.scaling_images])
+    shift = centre_latents(vae, calibration)
+    scaling = measure_scaling_factor(vae, calibration)
     vae.register_to_config(scaling_factor=scaling)
     with torch.no_grad():
         images = uint8_to_model_range(val_images)
@@ -70,6 +72,7 @@ def main(cfg: DictConfig) -> dict:
         "heldout_clean_psnr_db_min": round(float(scores.min()), 3),
         "heldout_images": len(images),
         "scaling_factor": round(scaling, 6),
+        "latent_mean_removed": [round(float(v), 4) for v in shift],
         "latent_shape": list(latent.shape[1:]),
         "parameters": sum(p.numel() for p in vae.parameters()),
         "steps": trainer.global_step,

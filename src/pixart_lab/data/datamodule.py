@@ -1,9 +1,11 @@
-"""Lightning DataModule over the feature cache: posterior-sampled latents plus caption embeddings.
+"""Lightning DataModule over the feature cache: VAE posterior moments plus caption embeddings.
 
-Latents are drawn from the cached posterior, z = (mean + std * eps) * scaling_factor, as PixArt
-samples from the VAE's DiagonalGaussian at every step rather than using its mean. Batches never mix
-aspect buckets (stage 3); caption embeddings are padded to one length per batch, with the mask
-marking the valid tokens.
+Items carry the cached posterior's mean and std already multiplied by the VAE scaling factor; the
+training step draws z = mean + std * eps (:func:`sample_latents`), as PixArt samples from the VAE's
+DiagonalGaussian at every step rather than using its mean. Drawing there, from a generator seeded
+by the step, keeps a resumed run on the same random sequence. Batches never mix aspect buckets
+(stage 3); caption embeddings are padded to one length per batch, the mask marking valid tokens.
+Loaders are resumable mid-epoch: Lightning stores their ``state_dict`` in checkpoints.
 """
 
 from __future__ import annotations
@@ -65,10 +67,10 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         shard_id, row = self.items[index]
         shard = self.shards[shard_id]
-        mean, std = shard["latent_mean"][row], shard["latent_std"][row]
         height, width = self.sizes[shard_id]
         return {
-            "latent": (mean + std * torch.randn_like(mean)) * self.scaling_factor,
+            "latent_mean": shard["latent_mean"][row] * self.scaling_factor,
+            "latent_std": shard["latent_std"][row] * self.scaling_factor,
             "caption_emb": shard[f"{self.caption}_emb"][row].float(),
             "caption_mask": shard[f"{self.caption}_mask"][row].long(),
             "label": shard["label"][row],
@@ -76,6 +78,13 @@ class FeatureDataset(Dataset):
             "hw": torch.tensor([height, width], dtype=torch.float32),
             "index": index,
         }
+
+
+def sample_latents(batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A posterior sample z = mean + std * eps of every item (moments already scaled)."""
+    mean = batch["latent_mean"]
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + batch["latent_std"] * eps
 
 
 def collate(items: Sequence[dict], text_len: int | None = None) -> dict:
@@ -86,13 +95,16 @@ def collate(items: Sequence[dict], text_len: int | None = None) -> dict:
     for i, item in enumerate(items):
         n = min(length, item["caption_mask"].shape[0])
         emb[i, :n], mask[i, :n] = item["caption_emb"][:n], item["caption_mask"][:n]
-    batch = {k: torch.stack([item[k] for item in items]) for k in ("latent", "label", "aesthetic", "hw")}
+    batch = {k: torch.stack([item[k] for item in items]) for k in ("latent_mean", "latent_std", "label", "aesthetic", "hw")}
     batch.update(caption_emb=emb, caption_mask=mask, index=torch.tensor([item["index"] for item in items]))
     return batch
 
 
 class BucketBatchSampler(Sampler[list[int]]):
-    """Batches that never mix aspect buckets (PixArt's multi-scale training); seeded per epoch."""
+    """Batches that never mix aspect buckets (PixArt's multi-scale training); seeded per epoch.
+
+    ``start`` skips the first batches of the next epoch iterated (a resumed run's position).
+    """
 
     def __init__(self, buckets: Sequence[tuple[int, int]], batch_size: int, shuffle: bool, seed: int, drop_last: bool):
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
@@ -100,6 +112,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         for i, bucket in enumerate(buckets):
             self.groups.setdefault(bucket, []).append(i)
         self.epoch = 0
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -118,13 +131,41 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+        start, self.start = self.start, 0
+        yield from self._batches()[start:]
         self.epoch += 1
 
     def __len__(self) -> int:
         if self.drop_last:
             return sum(len(g) // self.batch_size for g in self.groups.values())
         return sum(math.ceil(len(g) / self.batch_size) for g in self.groups.values())
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`BucketBatchSampler` that can resume mid-epoch.
+
+    It counts the batches it has handed out; Lightning saves ``state_dict()`` with each checkpoint
+    and calls ``load_state_dict`` on resume, so the resumed run sees the batches that come next.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.position = {"epoch": 0, "batches": 0}
+
+    def __iter__(self):
+        sampler = self.batch_sampler
+        self.position = {"epoch": sampler.epoch, "batches": sampler.start}
+        for batch in super().__iter__():
+            self.position["batches"] += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.set_epoch(int(state["epoch"]))
+        self.batch_sampler.start = int(state["batches"])
+        self.position = dict(state)
 
 
 class FeatureDataModule(L.LightningDataModule):
@@ -170,7 +211,7 @@ class FeatureDataModule(L.LightningDataModule):
         sampler = BucketBatchSampler(
             [dataset.bucket_of(i) for i in range(len(dataset))], self.batch_size, shuffle, self.seed, drop_last=shuffle
         )
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,
@@ -179,7 +220,14 @@ class FeatureDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        loader = self._loader(self.train_set, shuffle=True)
+        if len(loader) == 0:
+            sizes = {bucket: len(group) for bucket, group in loader.batch_sampler.groups.items()}
+            raise ValueError(
+                f"{self.features_dir / self.train_split}: no bucket holds a full batch of {self.batch_size} "
+                f"(examples per bucket: {sizes}); lower the batch size"
+            )
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False) if self.val_set else []

@@ -24,7 +24,8 @@ def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) ->
 class MetricHistory(L.Callback):
     """Every ``every_n_steps`` training steps, record the logged values of ``keys``; write them at the end.
 
-    Column names drop the ``train/`` prefix, so ``train/loss`` becomes ``loss`` (DVC plots' y-axis).
+    Column names drop the ``train/`` prefix, so ``train/loss`` becomes ``loss`` (DVC plots' y-axis);
+    other prefixes stay, joined by ``_`` (``val/loss`` becomes ``val_loss``).
     """
 
     def __init__(self, path: str | Path, keys: Sequence[str] = ("train/loss",), every_n_steps: int = 10):
@@ -33,7 +34,7 @@ class MetricHistory(L.Callback):
 
     @staticmethod
     def column(key: str) -> str:
-        return key.split("/", 1)[-1]
+        return key.removeprefix("train/").replace("/", "_")
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         step = trainer.global_step

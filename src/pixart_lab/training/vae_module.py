@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import lightning as L
@@ -11,16 +10,7 @@ from diffusers import AutoencoderKL
 
 from pixart_lab.data.transforms import uint8_to_model_range
 from pixart_lab.models.vae import psnr, reconstruct, vae_loss
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int | None, step: int) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to 0 at ``total_steps`` (constant if None)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if not total_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+from pixart_lab.training.lr_schedule import warmup_cosine
 
 
 class VAEModule(L.LightningModule):

@@ -1,0 +1,65 @@
+"""Stages `stage1_pixel`, `stage2_alignment`, `stage3_aesthetic`: train one curriculum stage."""
+
+from __future__ import annotations
+
+import time
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from lightning import seed_everything
+from omegaconf import DictConfig
+
+import pixart_lab.cli  # noqa: F401
+from pixart_lab.models.denoisers import count_parameters
+from pixart_lab.training.checkpoints import export_transformer, initialise_from, resolve_init, resume_path
+from pixart_lab.training.history import MetricHistory
+from pixart_lab.training.wiring import build_callbacks, build_loggers
+from pixart_lab.utils.io import write_json
+
+LOGGED = ("train/loss", "train/mse", "train/vlb", "train/grad_norm", "train/samples_per_s", "val/loss", "val/ema_loss")
+
+
+def final_metrics(trainer, module, history: MetricHistory, seconds: float, last_n: int = 5) -> dict:
+    """Mean of the last ``last_n`` recorded training losses, last validation losses, speed and size."""
+    rows = [r for r in history.rows if "loss" in r][-last_n:]
+    logged = trainer.callback_metrics
+    metrics = {
+        "steps": trainer.global_step,
+        "seconds": round(seconds, 1),
+        "parameters": count_parameters(module.denoiser),
+        "train_loss": round(sum(r["loss"] for r in rows) / len(rows), 5) if rows else None,
+        "train_mse": round(sum(r["mse"] for r in rows) / len(rows), 5) if rows else None,
+    }
+    metrics.update({k.replace("/", "_"): round(float(logged[k]), 5) for k in ("val/loss", "val/ema_loss") if k in logged})
+    speeds = [r["samples_per_s"] for r in history.rows if "samples_per_s" in r]
+    metrics["samples_per_s_median"] = round(sorted(speeds)[len(speeds) // 2], 1) if speeds else None
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_stage")
+def main(cfg: DictConfig) -> dict:
+    seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(cfg.num_threads)
+    start = time.perf_counter()
+    denoiser = instantiate(cfg.model.denoiser)
+    init = resolve_init(cfg.init, cfg.paths.checkpoints_dir)
+    if init is not None:
+        initialise_from(denoiser.transformer, init)
+    module = instantiate(cfg.module, denoiser=denoiser)
+    data = instantiate(cfg.data_module)
+
+    history = MetricHistory(cfg.outputs.plot, keys=LOGGED, every_n_steps=cfg.outputs.plot_every_n_steps)
+    callbacks = build_callbacks(cfg.callbacks, history, instantiate(cfg.checkpoint), instantiate(cfg.samples))
+    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=callbacks)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.resume, cfg.run_dir))
+
+    export_transformer(module.ema.module.transformer, cfg.run_dir)
+    metrics = {"init": cfg.init, "caption": cfg.caption, **final_metrics(trainer, module, history, time.perf_counter() - start)}
+    write_json(cfg.outputs.metrics, metrics)
+    print(f"{cfg.run_name}: {metrics}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Noise schedule, IDDPM learned-variance objective and samplers."""

@@ -1,0 +1,114 @@
+"""Sampling through diffusers pipelines assembled from the project's own components.
+
+``PixArtAlphaPipeline`` (stages 2-3) and ``DiTPipeline`` (stage 1) run the trained transformer with
+the project's VAE, tokenizer and frozen T5; the scheduler (DPM-Solver++, SA-Solver, DDIM) comes from
+``conf/sampler``. :func:`export_pipeline` writes a folder that plain ``from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    DiTPipeline,
+    DiTTransformer2DModel,
+    PixArtAlphaPipeline,
+    PixArtTransformer2DModel,
+    SchedulerMixin,
+)
+from torch import nn
+
+from pixart_lab.models.text_encoder import FrozenTextEncoder
+from pixart_lab.utils.io import atomic_dir
+
+
+def untied_copy(transformer: nn.Module) -> nn.Module:
+    """A standalone copy of a diffusers transformer (tied embedders become equal copies).
+
+    ``save_pretrained`` writes safetensors, which refuses tensors that share memory.
+    """
+    clone = type(transformer).from_config(transformer.config)
+    clone.load_state_dict(transformer.state_dict())
+    dtype = next(transformer.parameters()).dtype
+    return (clone if dtype == torch.float32 else clone.to(dtype)).eval()
+
+
+def assemble_pipeline(
+    transformer: nn.Module,
+    vae: AutoencoderKL,
+    scheduler: SchedulerMixin,
+    text_encoder: FrozenTextEncoder | None = None,
+    id2label: Mapping[int, str] | None = None,
+) -> DiffusionPipeline:
+    """``PixArtAlphaPipeline`` for a PixArt transformer, ``DiTPipeline`` for a class-conditional DiT."""
+    if isinstance(transformer, PixArtTransformer2DModel):
+        if text_encoder is None:
+            raise ValueError("a PixArt pipeline needs the text encoder (tokenizer + T5) it was trained with")
+        pipeline = PixArtAlphaPipeline(
+            tokenizer=text_encoder.tokenizer,
+            text_encoder=text_encoder.encoder,
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+    elif isinstance(transformer, DiTTransformer2DModel):
+        pipeline = DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=dict(id2label or {}))
+    else:
+        raise TypeError(f"no pipeline for {type(transformer).__name__}; expected PixArt or DiT transformer")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@torch.no_grad()
+def generate(
+    pipeline: DiffusionPipeline,
+    conditions: Sequence[str] | Sequence[int],
+    steps: int = 20,
+    guidance_scale: float = 4.5,
+    seed: int = 0,
+    height: int | None = None,
+    width: int | None = None,
+) -> torch.Tensor:
+    """Images in [-1, 1] (N x 3 x H x W) for prompts (PixArt) or class labels (DiT), from one seed.
+
+    PixArt: the negative prompt is ``""``, the condition that training's caption dropout uses;
+    resolution binning is off (its tables are for the official 256-1024 px models) and so is
+    caption cleaning (the corpus captions are already clean, lower-case text).
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if isinstance(pipeline, DiTPipeline):
+        images = pipeline(
+            class_labels=[int(c) for c in conditions],
+            guidance_scale=guidance_scale,
+            num_inference_steps=steps,
+            generator=generator,
+            output_type="pt",
+        ).images
+    else:
+        images = pipeline(
+            prompt=[str(c) for c in conditions],
+            negative_prompt="",
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            generator=generator,
+            output_type="pt",
+            clean_caption=False,
+            use_resolution_binning=False,
+        ).images
+    return torch.as_tensor(images).float() * 2 - 1
+
+
+def export_pipeline(pipeline: DiffusionPipeline, directory: str | Path) -> Path:
+    """Write ``pipeline`` as a diffusers folder (atomically), transformer untied for safetensors."""
+    components = dict(pipeline.components)
+    components["transformer"] = untied_copy(components["transformer"])
+    standalone = type(pipeline)(**components)
+    with atomic_dir(directory) as tmp:
+        standalone.save_pretrained(tmp)
+    return Path(directory)
