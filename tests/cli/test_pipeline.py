@@ -80,10 +80,10 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     samples = json.loads((clone / "metrics" / "samples.json").read_text())
     assert samples["export_max_abs_diff"] == 0.0 and samples["size"] == [128, 128]
     assert Image.open(clone / "plots" / "samples_stage3.png").size == (4 * 130 + 2, 2 * 130 + 2)
-    for run in ("stage1", "stage2", "stage3"):
-        assert (clone / "checkpoints" / run / "last.ckpt").is_file()
-        assert (clone / "checkpoints" / run / "transformer" / "config.json").is_file()
-        assert (clone / "plots" / f"{run}_loss.csv").read_text().startswith("step,loss,mse,vlb")
+    for name in ("stage1", "stage2", "stage3"):
+        assert (clone / "checkpoints" / name / "last.ckpt").is_file()
+        assert (clone / "checkpoints" / name / "transformer" / "config.json").is_file()
+        assert (clone / "plots" / f"{name}_loss.csv").read_text().startswith("step,loss,mse,vlb")
     assert (clone / "exports" / "pixart_stage3" / "model_index.json").is_file()
 
     # A changed parameter re-runs exactly the stages that read it.

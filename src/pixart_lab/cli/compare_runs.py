@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> dict:
             if column == "loss":
                 values = moving_average(values, cfg.smoothing)
             ax.plot(steps, values, label=run, marker="" if column == "loss" else "o")
-            ax.set(xlabel="step", ylabel=column, title=column + (f" (moving average of {cfg.smoothing})" if column == "loss" else ""))
+            title = f"{column} (moving average of {cfg.smoothing} logged values)" if column == "loss" else column
+            ax.set(xlabel="step", ylabel=column, title=title, yscale="log")
         final = metrics_dir / f"{run}.json"
         summary[run] = json.loads(final.read_text()) if final.is_file() else {}
     for ax in axes[0]:

@@ -34,9 +34,12 @@ def main(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     transformer = load_transformer(resolve_init(cfg.source, cfg.paths.checkpoints_dir))
     is_dit = isinstance(transformer, DiTTransformer2DModel)
-    text_encoder = None if is_dit else FrozenTextEncoder.from_pretrained(cfg.text_encoder.pretrained, max_length=cfg.text_encoder.max_length)
+    text_encoder = None
+    if not is_dit:
+        text_encoder = FrozenTextEncoder.from_pretrained(cfg.text_encoder.pretrained, max_length=cfg.text_encoder.max_length)
     id2label = {i: class_name(i) for i in range(NUM_CLASSES)}
-    pipeline = assemble_pipeline(transformer, load_vae(cfg.vae).eval(), instantiate(cfg.sampler.scheduler), text_encoder, id2label)
+    vae = load_vae(cfg.vae.pretrained, cfg.vae.get("subfolder"), cfg.vae.get("scaling_factor")).eval()
+    pipeline = assemble_pipeline(transformer, vae, instantiate(cfg.sampler.scheduler), text_encoder, id2label)
     conditions = list(cfg.prompts.classes if is_dit else cfg.prompts.texts)
     sampling = dict(steps=cfg.sampler.steps, guidance_scale=cfg.sampler.guidance_scale, seed=cfg.seed)
     size = (None, None) if is_dit else tuple(cfg.size)

@@ -8,7 +8,7 @@ import hydra
 import torch
 from hydra.utils import instantiate
 from lightning import seed_everything
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import pixart_lab.cli  # noqa: F401
 from pixart_lab.models.denoisers import count_parameters
@@ -52,6 +52,8 @@ def main(cfg: DictConfig) -> dict:
     history = MetricHistory(cfg.outputs.plot, keys=LOGGED, every_n_steps=cfg.outputs.plot_every_n_steps)
     callbacks = build_callbacks(cfg.callbacks, history, instantiate(cfg.checkpoint), instantiate(cfg.samples))
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=callbacks)
+    for logger in trainer.loggers:  # the composed config: every run in W&B / CSV says how it was made
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.resume, cfg.run_dir))
 
     export_transformer(module.ema.module.transformer, cfg.run_dir)

@@ -22,7 +22,8 @@ def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) ->
 
 
 class MetricHistory(L.Callback):
-    """Every ``every_n_steps`` training steps, record the logged values of ``keys``; write them at the end.
+    """Record logged values of ``keys``: training ones every ``every_n_steps`` steps, ``val/`` ones
+    after each validation (at the step it ran); write them as one CSV at the end.
 
     Column names drop the ``train/`` prefix, so ``train/loss`` becomes ``loss`` (DVC plots' y-axis);
     other prefixes stay, joined by ``_`` (``val/loss`` becomes ``val_loss``).
@@ -36,14 +37,24 @@ class MetricHistory(L.Callback):
     def column(key: str) -> str:
         return key.removeprefix("train/").replace("/", "_")
 
+    def _record(self, trainer: L.Trainer, keys: Sequence[str]) -> None:
+        metrics = trainer.callback_metrics
+        values = {self.column(k): round(float(metrics[k]), 6) for k in keys if k in metrics}
+        if not values:
+            return
+        if self.rows and self.rows[-1]["step"] == trainer.global_step:
+            self.rows[-1].update(values)
+        else:
+            self.rows.append({"step": trainer.global_step, **values})
+
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps and step != trainer.max_steps:
-            return
-        metrics = trainer.callback_metrics
-        row = {"step": step}
-        row.update({self.column(k): round(float(metrics[k]), 6) for k in self.keys if k in metrics})
-        self.rows.append(row)
+        if step % self.every_n_steps == 0 or step == trainer.max_steps:
+            self._record(trainer, [k for k in self.keys if not k.startswith("val/")])
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, [k for k in self.keys if k.startswith("val/")])
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
