@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
 from pixart_lab.data.datamodule import BucketBatchSampler, FeatureDataModule, sample_latents
 from pixart_lab.data.features import SplitSpec, extract_split, read_shard

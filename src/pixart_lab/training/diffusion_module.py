@@ -27,8 +27,6 @@ from pixart_lab.models.denoisers import Denoiser
 from pixart_lab.training.ema import EMA
 from pixart_lab.training.lr_schedule import warmup_cosine
 
-LOSS_PARTS = ("loss", "mse", "vlb")
-
 
 def sqrt_scaled_lr(lr: float, effective_batch_size: int, base_batch_size: int) -> float:
     """PixArt's ``auto_lr`` rule 'sqrt': ``lr * sqrt(effective_batch_size / base_batch_size)``."""
