@@ -17,7 +17,10 @@ from pixart_lab.training.history import MetricHistory
 from pixart_lab.training.wiring import build_callbacks, build_loggers
 from pixart_lab.utils.io import write_json
 
-LOGGED = ("train/loss", "train/mse", "train/vlb", "train/grad_norm", "train/samples_per_s", "val/loss", "val/ema_loss")
+LOGGED = (
+    "train/loss", "train/mse", "train/vlb", "train/grad_norm", "train/samples_per_s", "val/loss", "val/ema_loss",
+    "cost/flops", "cost/samples", "cost/device_hours",
+)  # fmt: skip
 
 
 def final_metrics(trainer, module, history: MetricHistory, seconds: float, last_n: int = 5) -> dict:
@@ -50,7 +53,8 @@ def main(cfg: DictConfig) -> dict:
     data = instantiate(cfg.data_module)
 
     history = MetricHistory(cfg.outputs.plot, keys=LOGGED, every_n_steps=cfg.outputs.plot_every_n_steps)
-    callbacks = build_callbacks(cfg.callbacks, history, instantiate(cfg.checkpoint), instantiate(cfg.samples))
+    cost = instantiate(cfg.cost)
+    callbacks = build_callbacks(cfg.callbacks, history, instantiate(cfg.checkpoint), instantiate(cfg.samples), cost)
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=callbacks)
     for logger in trainer.loggers:  # the composed config: every run in W&B / CSV says how it was made
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -58,6 +62,7 @@ def main(cfg: DictConfig) -> dict:
 
     export_transformer(module.ema.module.transformer, cfg.run_dir)
     metrics = {"init": cfg.init, "caption": cfg.caption, **final_metrics(trainer, module, history, time.perf_counter() - start)}
+    metrics["cost"] = cost.summary()
     write_json(cfg.outputs.metrics, metrics)
     print(f"{cfg.run_name}: {metrics}")
     return metrics

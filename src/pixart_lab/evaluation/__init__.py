@@ -1,0 +1,1 @@
+"""Evaluation of trained stages: what they generate and what they cost."""

@@ -1,0 +1,224 @@
+"""A callback that accounts a training stage's compute, time, dollars, energy and CO2 (``conf/cost/``).
+
+FLOPs per sample are counted once, on the run's first optimiser step, by ``torch.utils.flop_counter``
+(matmuls, convolutions, attention) from the start of each batch (each micro-batch under gradient
+accumulation) until its gradients are ready: forward and backward only. The optimiser update,
+gradient clipping, the EMA and the module's other hooks are excluded, as in the usual ``6 N D``
+accounting; activation recomputation (gradient checkpointing) is counted, since it is real work. The
+measurement reuses the step that trains anyway: no extra forward pass, no change to the numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pixart_lab.evaluation.cost import CostConfig, EnergyMeter, a100_days, analytic_energy, beside_paper, cost_summary
+
+
+def batch_size_of(batch: Any, key: str | None = "latent_mean") -> int:
+    """Samples in ``batch``: ``batch[key]``'s first dimension, else that of the first tensor found."""
+    if isinstance(batch, Mapping) and key in batch:
+        return int(batch[key].shape[0])
+    stack = [batch]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, torch.Tensor) and item.dim() > 0:
+            return int(item.shape[0])
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    kind = type(batch).__name__
+    raise ValueError(f"cannot tell the batch size: no '{key}' key and no tensor in a batch of type {kind}")
+
+
+def device_name(root_device: torch.device, gpus: Mapping[str, Any]) -> str:
+    """``cpu``, the key of ``gpus`` in the CUDA device's name (``NVIDIA A100-SXM4-80GB``: ``a100``), else ``gpu``."""
+    if root_device.type == "cpu":
+        return "cpu"
+    if root_device.type == "cuda":
+        name = torch.cuda.get_device_name(root_device).lower()
+        return next((key for key in gpus if key.lower() in name), "gpu")
+    return "gpu"
+
+
+class ComputeCost(L.Callback):
+    """Counts samples, FLOPs and wall time of ``trainer.fit`` (across resumes), logs them as ``cost/*``
+    every ``log_every_n_steps`` steps and meters energy; ``summary()`` is the stage's cost report.
+
+    ``devices``, ``paper``, ``utilisation``, ``pue`` and ``grid_kg_per_kwh`` are those of
+    ``conf/cost/default.yaml``; ``device`` names the row of ``devices`` the run is priced at (None:
+    from the trainer's device). ``measure_energy=False`` skips codecarbon (energy from TDP x PUE).
+    """
+
+    def __init__(
+        self,
+        devices: Mapping[str, Mapping[str, Any]],
+        paper: Mapping[str, Mapping[str, float]],
+        utilisation: float = 0.4,
+        pue: float = 1.1,
+        grid_kg_per_kwh: float = 0.369,
+        device: str | None = None,
+        batch_size_key: str = "latent_mean",
+        log_every_n_steps: int = 10,
+        measure_energy: bool = True,
+        country: str = "USA",
+        measure_power_secs: float = 15.0,
+        tracking_mode: str = "process",
+    ):
+        self.cfg = CostConfig(
+            {k: dict(v) for k, v in devices.items()}, utilisation=utilisation, pue=pue, grid_kg_per_kwh=grid_kg_per_kwh
+        )
+        self.paper = {k: dict(v) for k, v in paper.items()}
+        self.device, self.batch_size_key, self.log_every_n_steps = device, batch_size_key, log_every_n_steps
+        self.measure_energy, self.country = measure_energy, country
+        self.measure_power_secs, self.tracking_mode = measure_power_secs, tracking_mode
+        if device is not None:
+            self.cfg.device(device)  # an unknown name fails here, not after training
+        # Carried in checkpoints: totals of earlier sessions of this run.
+        self.samples = 0
+        self.flops_per_sample: float | None = None
+        self.wall_seconds_before = 0.0
+        self.energy_kwh_before = 0.0
+        self.emissions_kg_before = 0.0
+        self.energy_sources: set[str] = set()
+        # This session only.
+        self.num_devices = 1
+        self._session_start: float | None = None
+        self._meter: EnergyMeter | None = None
+        self._counter: FlopCounterMode | None = None
+        self._counted_flops, self._counted_samples = 0, 0
+
+    # ---- quantities -------------------------------------------------------------------------
+    @property
+    def flops(self) -> float:
+        """Forward+backward FLOPs of all samples trained so far (0 until measured)."""
+        return (self.flops_per_sample or 0.0) * self.samples
+
+    def wall_seconds(self) -> float:
+        """Training wall time of this run, earlier sessions included."""
+        running = time.perf_counter() - self._session_start if self._session_start is not None else 0.0
+        return self.wall_seconds_before + running
+
+    def _energy(self, final: bool = False) -> tuple[float, float, str]:
+        """Run totals ``(kWh, kg CO2eq, source)``: earlier sessions plus this one so far (``final``: stop the meter)."""
+        kwh, kg, sources = self.energy_kwh_before, self.emissions_kg_before, set(self.energy_sources)
+        part = None
+        if self._meter is not None:
+            part = self._meter.stop() if final else self._meter.read()
+        elif self._session_start is not None:
+            hours = (time.perf_counter() - self._session_start) / 3600.0 * self.num_devices
+            row = self.cfg.device(self._device())
+            part = (*analytic_energy(hours, row.tdp_watts, self.cfg.pue, self.cfg.grid_kg_per_kwh), "analytic")
+        if part is not None:
+            kwh, kg = kwh + part[0], kg + part[1]
+            sources.add(part[2])
+        return kwh, kg, "+".join(sorted(sources)) or "analytic"
+
+    def _device(self) -> str:
+        if self.device is None:
+            return device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"), self.cfg.gpus)
+        return self.device
+
+    def summary(self) -> dict:
+        """``cost_summary`` of the run so far, with ``paper``: the run beside the reference figures."""
+        energy_kwh, emissions_kg, source = self._energy()
+        report = cost_summary(
+            self.flops, self.samples, self.wall_seconds(), self.num_devices, self._device(),
+            energy_kwh, emissions_kg, self.cfg, energy_source=source,
+        )  # fmt: skip
+        return {**report, "paper": beside_paper(report, self.paper)}
+
+    def metrics(self) -> dict[str, float]:
+        """The ``cost/*`` values logged with the step."""
+        wall_hours = self.wall_seconds() / 3600.0
+        return {
+            "cost/flops": float(self.flops),
+            "cost/samples": float(self.samples),
+            "cost/wall_hours": wall_hours,
+            "cost/device_hours": wall_hours * self.num_devices,
+            "cost/a100_days": a100_days(self.flops, self.cfg),
+        }
+
+    # ---- hooks ------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.num_devices = trainer.world_size
+        if self.device is None:
+            self.device = device_name(trainer.strategy.root_device, self.cfg.gpus)
+        row = self.cfg.device(self.device)
+        self._session_start = time.perf_counter()
+        # One meter for the machine: rank 0's tracker already sees every visible GPU.
+        if self.measure_energy and trainer.is_global_zero:
+            self._meter = EnergyMeter(
+                row.tdp_watts, self.cfg.pue, self.cfg.grid_kg_per_kwh, self.num_devices,
+                self.country, self.measure_power_secs, self.tracking_mode,
+            )  # fmt: skip
+            self._meter.start()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.flops_per_sample is None:
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+            self._counted_samples += batch_size_of(batch, self.batch_size_key)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        # Runs after backward and before the module's own hook, clipping, the update and the EMA.
+        if self._counter is not None:
+            self._pause_counter()
+            self.flops_per_sample = self._counted_flops / self._counted_samples
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Gradient accumulation: a micro-batch without optimiser step; pause before the module's own hook.
+        if self._counter is not None:
+            self._pause_counter()
+        self.samples += batch_size_of(batch, self.batch_size_key) * trainer.world_size
+        step = trainer.global_step
+        if step % self.log_every_n_steps == 0 or step == trainer.max_steps:
+            pl_module.log_dict(self.metrics())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._counter is not None:  # no optimiser step ran: nothing measured
+            self._pause_counter()
+        self._counted_flops, self._counted_samples = 0, 0
+        self.energy_kwh_before, self.emissions_kg_before, source = self._energy(final=True)
+        self.energy_sources = set(source.split("+"))
+        self.wall_seconds_before, self._session_start, self._meter = self.wall_seconds(), None, None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Leave no flop counter on the dispatch stack and no codecarbon thread behind a failed fit.
+        self.on_train_end(trainer, pl_module)
+
+    def _pause_counter(self) -> None:
+        counter, self._counter = self._counter, None
+        counter.__exit__(None, None, None)
+        self._counted_flops += counter.get_total_flops()
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        energy_kwh, emissions_kg, source = self._energy()
+        return {
+            "samples": self.samples,
+            "flops_per_sample": self.flops_per_sample,
+            "wall_seconds": self.wall_seconds(),
+            "energy_kwh": energy_kwh,
+            "emissions_kg": emissions_kg,
+            "energy_sources": source.split("+"),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.samples = int(state_dict["samples"])
+        self.flops_per_sample = state_dict["flops_per_sample"]
+        self.wall_seconds_before = float(state_dict["wall_seconds"])
+        self.energy_kwh_before = float(state_dict["energy_kwh"])
+        self.emissions_kg_before = float(state_dict["emissions_kg"])
+        self.energy_sources = set(state_dict["energy_sources"])
