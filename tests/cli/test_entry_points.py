@@ -13,7 +13,7 @@ def test_unknown_stage_prints_the_stage_list(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["pixart-lab", "nope"])
     with pytest.raises(SystemExit) as e:
         entry.main()
-    assert "stages: corpus, train_vae, train_text_encoder, extract_features, train_stage, reparam, sample, compare_runs" in str(e.value)
+    assert "stages: corpus, train_vae, train_text_encoder, extract_features, train_evaluators, train_stage, reparam, sample, evaluate, compare_runs" in str(e.value)
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -22,8 +22,9 @@ def test_every_stage_composes_its_config(stage):
         [sys.executable, "-m", STAGES[stage], "--cfg", "job", "--resolve"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    # train_stage names its run after the stage it trains (default: stage 2)
-    assert f"task_name: {'stage2' if stage == 'train_stage' else stage}" in out.stdout
+    # train_stage names its run after the stage it trains, evaluate after what it evaluates (default: stage 2)
+    expected = {"train_stage": "stage2", "evaluate": "eval_stage2"}.get(stage, stage)
+    assert f"task_name: {expected}" in out.stdout
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,9 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = (
-    "train_vae", "train_text_encoder", "extract_features",
+    "train_vae", "train_text_encoder", "extract_features", "train_evaluators",
     "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "samples",
+    "evaluate@stage1", "evaluate@stage2", "evaluate@stage3",
 )  # fmt: skip
 
 
@@ -85,6 +86,22 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
         assert (clone / "checkpoints" / name / "transformer" / "config.json").is_file()
         assert (clone / "plots" / f"{name}_loss.csv").read_text().startswith("step,loss,mse,vlb")
     assert (clone / "exports" / "pixart_stage3" / "model_index.json").is_file()
+
+    # Cost of every training stage; evaluation of every stage's checkpoint.
+    for name in ("stage1", "stage2", "stage3"):
+        cost = metrics[name]["cost"]
+        assert cost["samples"] == 4 * 4 and cost["flops"] == cost["flops_per_sample"] * 16 > 0
+        assert cost["energy_kwh"] > 0 and cost["emissions_kg_co2"] > 0 and cost["paper"]["pixart_alpha"]["a100_days"] == 753
+    evaluators = json.loads((clone / "metrics" / "evaluators.json").read_text())
+    assert evaluators["prompts"] == 6 * 3 and evaluators["fid"]["images_per_set"] == 16
+    evaluations = {n: json.loads((clone / "metrics" / f"eval_{n}.json").read_text()) for n in ("stage1", "stage2", "stage3")}
+    assert "clip_score" not in evaluations["stage1"]  # class-conditional: FID only
+    for name, result in evaluations.items():
+        assert result["fid"]["images"] == 16 and result["fid"]["generated"] > 0 and result["fid"]["real_vs_real_floor"] > 0
+        assert (clone / "plots" / f"eval_{name}_samples.png").is_file()
+    assert evaluations["stage3"]["size"] == [128, 128] and evaluations["stage2"]["size"] == [64, 64]
+    for name in ("stage2", "stage3"):
+        assert evaluations[name]["compositional"]["prompts"] == 18 and "generated" in evaluations[name]["clip_score"]
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"

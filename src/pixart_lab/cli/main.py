@@ -10,9 +10,11 @@ STAGES = {
     "train_vae": "pixart_lab.cli.train_vae",
     "train_text_encoder": "pixart_lab.cli.train_text_encoder",
     "extract_features": "pixart_lab.cli.extract_features",
+    "train_evaluators": "pixart_lab.cli.train_evaluators",
     "train_stage": "pixart_lab.cli.train_stage",
     "reparam": "pixart_lab.cli.reparam",
     "sample": "pixart_lab.cli.sample",
+    "evaluate": "pixart_lab.cli.evaluate",
     "compare_runs": "pixart_lab.cli.compare_runs",
 }
 

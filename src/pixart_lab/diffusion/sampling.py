@@ -7,9 +7,11 @@ the project's VAE, tokenizer and frozen T5; the scheduler (DPM-Solver++, SA-Solv
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -22,7 +24,9 @@ from diffusers import (
 )
 from torch import nn
 
+from pixart_lab.data.scene import NUM_CLASSES, class_name
 from pixart_lab.models.text_encoder import FrozenTextEncoder
+from pixart_lab.models.vae import load_vae
 from pixart_lab.utils.io import atomic_dir
 
 
@@ -112,3 +116,67 @@ def export_pipeline(pipeline: DiffusionPipeline, directory: str | Path) -> Path:
     with atomic_dir(directory) as tmp:
         standalone.save_pretrained(tmp)
     return Path(directory)
+
+
+def load_transformer(folder: Path) -> nn.Module:
+    """The diffusers transformer class named in ``folder/config.json``, loaded from it."""
+    name = json.loads((Path(folder) / "config.json").read_text())["_class_name"]
+    return getattr(diffusers, name).from_pretrained(folder).eval()
+
+
+def resolve_source(source: str, checkpoints_dir: str | Path) -> Path:
+    """A diffusers pipeline folder as given, else what ``resolve_init`` makes of a run name or folder."""
+    from pixart_lab.training.checkpoints import resolve_init
+
+    if (Path(source) / "model_index.json").is_file():
+        return Path(source)
+    return resolve_init(source, checkpoints_dir)
+
+
+def load_pipeline(
+    folder: str | Path,
+    scheduler: SchedulerMixin,
+    vae: Mapping | None = None,
+    text_encoder: Mapping | None = None,
+) -> DiffusionPipeline:
+    """A pipeline from a diffusers pipeline folder (``model_index.json``) or a transformer folder.
+
+    A pipeline folder keeps its own components; only the sampler's class is swapped in, on the
+    folder's own noise schedule (so an SD-style scaled-linear model stays scaled-linear). A bare
+    transformer folder (a run's EMA export) is assembled with the project's ``vae`` and
+    ``text_encoder`` configs and the configured ``scheduler``.
+    """
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        pipeline = DiffusionPipeline.from_pretrained(folder)
+        pipeline.scheduler = type(scheduler).from_config(pipeline.scheduler.config)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is neither a diffusers pipeline (model_index.json) nor a transformer folder")
+    transformer = load_transformer(folder)
+    encoder = None
+    if not isinstance(transformer, DiTTransformer2DModel):
+        encoder = FrozenTextEncoder.from_pretrained(text_encoder["pretrained"], max_length=text_encoder["max_length"])
+    vae_model = load_vae(vae["pretrained"], vae.get("subfolder"), vae.get("scaling_factor")).eval()
+    id2label = {i: class_name(i) for i in range(NUM_CLASSES)}
+    return assemble_pipeline(transformer, vae_model, scheduler, encoder, id2label)
+
+
+def generate_many(
+    pipeline: DiffusionPipeline,
+    conditions: Sequence[str] | Sequence[int],
+    batch_size: int,
+    seed: int = 0,
+    progress: bool = True,
+    **sampling,
+) -> torch.Tensor:
+    """uint8 images for many conditions, ``batch_size`` at a time (batch ``i`` seeded ``seed + i``)."""
+    from tqdm import tqdm
+
+    chunks = range(0, len(conditions), batch_size)
+    out = [
+        generate(pipeline, conditions[i : i + batch_size], seed=seed + k, **sampling)
+        for k, i in enumerate(tqdm(chunks, desc=f"generate {len(conditions)}", disable=not progress))
+    ]
+    return torch.cat(out).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import lightning as L
 import torch
 from diffusers import AutoencoderKL
 
 from pixart_lab.data.transforms import uint8_to_model_range
 from pixart_lab.models.vae import psnr, reconstruct, vae_loss
-from pixart_lab.training.lr_schedule import warmup_cosine
+from pixart_lab.training.lr_schedule import adamw_warmup_cosine
 
 
 class VAEModule(L.LightningModule):
@@ -50,6 +48,4 @@ class VAEModule(L.LightningModule):
         self.log("val/psnr", psnr(reconstruct(self.vae, images), images).mean(), prog_bar=True, batch_size=len(images))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.vae.parameters(), lr=self.lr, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, self.warmup_steps, self.total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_warmup_cosine(self.vae.parameters(), self.lr, 0.0, self.warmup_steps, self.total_steps)
