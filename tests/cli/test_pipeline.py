@@ -102,6 +102,12 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     assert evaluations["stage3"]["size"] == [128, 128] and evaluations["stage2"]["size"] == [64, 64]
     for name in ("stage2", "stage3"):
         assert evaluations[name]["compositional"]["prompts"] == 18 and "generated" in evaluations[name]["clip_score"]
+    # A diffusers pipeline folder given by path is evaluated the same way, through plain from_pretrained.
+    run([sys.executable, "-m", "pixart_lab.cli.evaluate", "source=exports/pixart_stage3", "name=export",
+         "size=[128,128]", "profile=smoke"], clone)  # fmt: skip
+    exported = json.loads((clone / "metrics" / "eval_export.json").read_text())
+    assert exported["fid"]["real_vs_real_floor"] == evaluations["stage3"]["fid"]["real_vs_real_floor"]
+    assert exported["size"] == [128, 128] and exported["compositional"]["prompts"] == 18
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"
