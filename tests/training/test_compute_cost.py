@@ -1,4 +1,5 @@
 import csv
+import json
 from pathlib import Path
 
 import lightning as L
@@ -46,9 +47,9 @@ class TinyModule(L.LightningModule):
         return torch.utils.data.DataLoader(data, batch_size=4)
 
 
-def cost_callback(**overrides) -> ComputeCost:
-    cfg = OmegaConf.merge({"trainer": {"log_every_n_steps": 1}}, {"cost": OmegaConf.load(CONF)})
-    return instantiate(cfg.cost, **{"measure_energy": False, **overrides})
+def cost_callback(metrics_dir: Path | str = "metrics", **overrides) -> ComputeCost:
+    cfg = OmegaConf.merge({"paths": {"metrics_dir": str(metrics_dir)}}, {"cost": OmegaConf.load(CONF)})
+    return instantiate(cfg.cost, **{"measure_energy": False, "log_every_n_steps": 1, **overrides})
 
 
 def fit(module, callbacks, max_steps, tmp_path, ckpt_path=None, **trainer_kwargs):
@@ -161,3 +162,53 @@ def test_batch_size_and_device_names(monkeypatch):
     assert device_name(torch.device("cuda", 0), gpus) == "a100"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA GeForce RTX 4090")
     assert device_name(torch.device("cuda", 0), gpus) == "gpu"
+
+
+def finished_run(metrics_dir: Path, run: str, flops: float, usd: float = 0.5) -> None:
+    cost = {"flops": flops, "samples": 100, "device_hours": 0.1, "usd": usd, "energy_kwh": 0.01, "emissions_kg_co2": 0.004}
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / f"{run}.json").write_text(json.dumps({"cost": cost}))
+
+
+def test_a_flops_budget_stops_the_run_and_prior_runs_carry_the_curriculum_totals(tmp_path):
+    finished_run(tmp_path / "metrics", "a", flops=2 * 4 * FLOPS_PER_SAMPLE)  # two steps of batch 4
+    finished_run(tmp_path / "metrics", "b", flops=1 * 4 * FLOPS_PER_SAMPLE)
+    cost = cost_callback(tmp_path / "metrics", prior_runs=["a"], budget_runs=["a", "b"])
+    trainer = fit(TinyModule(), [cost], 100, tmp_path, logger=False, enable_checkpointing=False)
+    assert trainer.global_step == 3 and cost.flops == 3 * 4 * FLOPS_PER_SAMPLE
+    summary = cost.summary()
+    assert summary["budget"] == {"runs": ["a", "b"], "flops": 12 * FLOPS_PER_SAMPLE}
+    assert summary["curriculum"]["flops"] == 2 * 4 * FLOPS_PER_SAMPLE + cost.flops
+    assert summary["curriculum"]["usd"] == pytest.approx(0.5 + summary["usd"])
+    snapshot = cost.snapshot()
+    assert snapshot["curriculum_samples"] == 100 + 12 and snapshot["samples"] == 12
+
+    with pytest.raises(FileNotFoundError, match=r"cost.budget_runs: .*missing.json not found \(train run 'missing' first\)"):
+        fit(TinyModule(), [cost_callback(tmp_path / "metrics", budget_runs=["missing"])], 1, tmp_path / "x", logger=False)
+
+
+class Measurement(L.Callback):
+    """Spends 1000 s of a fake clock inside ``excluded_from_cost`` after every step."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def on_train_batch_end(self, trainer, *args):
+        with compute_cost.excluded_from_cost(trainer):
+            self.clock.now += 1000.0
+
+
+def test_measurement_inside_the_fit_is_left_out_of_the_cost(tmp_path, monkeypatch):
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            self.now += 0.001  # every reading advances a little: training time
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(compute_cost, "time", clock)
+    cost = cost_callback()
+    fit(TinyModule(), [cost, Measurement(clock)], 3, tmp_path, logger=False, enable_checkpointing=False)
+    assert 0 < cost.wall_seconds() < 1.0  # 3000 s of measurement excluded, the training milliseconds kept
+    assert cost.summary()["energy_kwh"] < 1e-4

@@ -1,16 +1,13 @@
 """Stage `evaluate`: FID, CLIP score and compositional accuracy of a run or a diffusers pipeline folder.
 
-FID compares images generated from the captions (stage 1: class labels) of held-out half A with
-the real images of half B; the real-vs-real floor is A against B, the score a perfect generator
-would get with this many images. CLIP score and GenEval-style compositional accuracy need a
-text-conditioned pipeline.
+The metrics are those of :mod:`pixart_lab.evaluation.suite`: FID of images generated from held-out
+half A's captions (stage 1: class labels) against half B's real images, beside the real-vs-real
+floor; CLIP score and GenEval-style compositional accuracy for text-conditioned pipelines.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import hydra
 import torch
@@ -19,26 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import pixart_lab.cli  # noqa: F401
-from pixart_lab.data.transforms import load_images
 from pixart_lab.diffusion.sampling import generate_many, load_pipeline, resolve_source
-from pixart_lab.evaluation.clip_model import ClipImageFeatures, clip_score_model
-from pixart_lab.evaluation.compositional import compositional_accuracy
-from pixart_lab.evaluation.evaluators import CompositionalEvaluator
-from pixart_lab.evaluation.metrics import clean_fid, clip_score, frechet_distance, save_images
+from pixart_lab.evaluation.suite import HeldOutHalves, QualitySuite
 from pixart_lab.training.images import save_grid
 from pixart_lab.training.wiring import build_loggers
 from pixart_lab.utils.io import write_json
-
-
-def fid_between(cfg: DictConfig, real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID with the configured backend: torchmetrics on the CLIP image tower, or clean-fid's Inception."""
-    if cfg.eval.fid.backend == "torchmetrics":
-        return frechet_distance(real, fake, ClipImageFeatures.from_pretrained(cfg.eval.clip), cfg.eval.fid.batch_size)
-    if cfg.eval.fid.backend == "clean_fid":
-        with tempfile.TemporaryDirectory() as tmp:
-            real_dir, fake_dir = save_images(real, Path(tmp) / "real"), save_images(fake, Path(tmp) / "fake")
-            return clean_fid(real_dir, fake_dir, cfg.eval.fid.inception_dir)
-    raise ValueError(f"eval.fid.backend={cfg.eval.fid.backend!r}: expected torchmetrics or clean_fid")
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -65,30 +47,21 @@ def main(cfg: DictConfig) -> dict:
     generate = lambda conditions: generate_many(pipeline, conditions, cfg.eval.batch_size, seed=cfg.seed, **sampling)  # noqa: E731
 
     n = cfg.eval.fid.images
-    images, records = load_images(instantiate(cfg.data.splits.heldout).records()[: 2 * n], cfg.data.image_size, cfg.data.image_size)
-    if len(records) < 2 * n:
-        raise ValueError(f"eval.fid.images={n} needs {2 * n} held-out images, found {len(records)}")
-    half_a, half_b, records_a = images[:n], images[n:], records[:n]
-    conditions = [r.dense_caption for r in records_a] if text_conditioned else [r.label for r in records_a]
-    fake = generate(conditions)
-    fid, floor = fid_between(cfg, half_b, fake), fid_between(cfg, half_b, half_a)
+    heldout = HeldOutHalves.load(instantiate(cfg.data.splits.heldout).records(), n, cfg.data.image_size, progress=True)
+    suite = QualitySuite(heldout, cfg.eval.fid, cfg.eval.clip, cfg.eval.evaluators_dir if cfg.eval.compositional else None)
+    results, shown = suite(generate, text_conditioned)
     metrics = {
         "source": cfg.source,
         "sampler": {"name": cfg.sampler.name, "steps": cfg.sampler.steps, "guidance_scale": cfg.sampler.guidance_scale},
-        "size": list(fake.shape[-2:]),
-        "fid": {"generated": fid, "real_vs_real_floor": floor, "over_floor": fid / floor, "images": n, "backend": cfg.eval.fid.backend},
+        "size": results["size"],
+        "fid": {"generated": results["fid"], "real_vs_real_floor": suite.floor(), "images": n, "backend": cfg.eval.fid.backend},
     }
-    grid = fake[: cfg.grid_images]
-    if text_conditioned:
-        clip_fn = clip_score_model(cfg.eval.clip)
-        metrics["clip_score"] = {"generated": clip_score(fake, conditions, clip_fn), "real": clip_score(half_a, conditions, clip_fn)}
-        if cfg.eval.compositional:
-            evaluator = CompositionalEvaluator.load(cfg.eval.evaluators_dir)
-            composed = generate([p.prompt for p in evaluator.prompts])
-            detections = evaluator.probe.read(composed)
-            metrics["compositional"] = compositional_accuracy(evaluator.prompts, detections, evaluator.valid_attributes)
-            metrics["compositional"]["prompts"] = len(evaluator.prompts)
-            grid = composed[:: max(1, len(composed) // cfg.grid_images)][: cfg.grid_images]  # every task
+    metrics["fid"]["over_floor"] = metrics["fid"]["generated"] / metrics["fid"]["real_vs_real_floor"]
+    if "clip_score" in results:
+        metrics["clip_score"] = {"generated": results["clip_score"], "real": suite.real_clip_score()}
+    if "compositional" in results:
+        metrics["compositional"] = results["compositional"]
+    grid = shown[:: max(1, len(shown) // cfg.grid_images)][: cfg.grid_images]  # every task of the prompt set
 
     loggers = build_loggers(cfg.logger)
     save_grid(grid.float() / 127.5 - 1, cfg.outputs.grid, cfg.nrow, loggers)

@@ -16,7 +16,7 @@ from pixart_lab.models.reparam import (
     pixart_modulations,
     reparameterise,
 )
-from pixart_lab.training.checkpoints import TRANSFORMER_DIR, export_transformer
+from pixart_lab.training.checkpoints import TRANSFORMER_DIR, export_network
 from pixart_lab.utils.io import write_json
 
 
@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> dict:
             f"re-parameterisation check failed at t={cfg.timestep}: modulation error {modulation_error:.2e}, "
             f"output error {output_error:.2e} > tolerance {cfg.tolerance:.0e}"
         )
-    export_transformer(pixart, cfg.out_dir)
+    export_network(pixart, cfg.out_dir)
 
     saving = adaln_saving_for_config({**pixart_kwargs})
     xl2 = adaln_saving_for_config(PIXART_XL_2)

@@ -38,7 +38,7 @@ from pixart_lab.evaluation.evaluator_training import (
     retrieval_recall_at_1,
 )
 from pixart_lab.evaluation.evaluators import save_probe
-from pixart_lab.evaluation.metrics import blurred, clip_score, colour_shuffled, frechet_distance, render_scenes
+from pixart_lab.evaluation.metrics import FidReference, blurred, clip_score, colour_shuffled, render_scenes
 from pixart_lab.training.wiring import build_callbacks, build_loggers
 from pixart_lab.utils.io import write_json
 
@@ -100,12 +100,12 @@ def main(cfg: DictConfig) -> dict:
     # Real-vs-real floor: two disjoint held-out halves; degraded copies of half A must score far above it.
     half = min(val.fid_half, len(heldout_images) // 2)
     a, b = heldout_images[:half], heldout_images[half : 2 * half]
-    features = ClipImageFeatures(clip, processor)
+    fid_to_b = FidReference(b, ClipImageFeatures(clip, processor))
     fid = {
         "images_per_set": half,
-        "real_vs_real_floor": frechet_distance(b, a, features),
-        **{f"blurred_sigma_{s}": frechet_distance(b, blurred(a, s), features) for s in val.blur_sigmas},
-        "colour_shuffled": frechet_distance(b, colour_shuffled(a), features),
+        "real_vs_real_floor": fid_to_b(a),
+        **{f"blurred_sigma_{s}": fid_to_b(blurred(a, s)) for s in val.blur_sigmas},
+        "colour_shuffled": fid_to_b(colour_shuffled(a)),
     }
     clip_fn = clip_score_model(out / "clip")
     clip_scores = {

@@ -1,4 +1,4 @@
-"""Stages `stage1_pixel`, `stage2_alignment`, `stage3_aesthetic`: train one curriculum stage."""
+"""Stages `stage1_pixel`, `stage2_alignment`, `stage3_aesthetic`, `baseline_sd`: train one stage."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import pixart_lab.cli  # noqa: F401
 from pixart_lab.models.denoisers import count_parameters
-from pixart_lab.training.checkpoints import export_transformer, initialise_from, resolve_init, resume_path
+from pixart_lab.diffusion.sampling import save_noise_schedule
+from pixart_lab.training.checkpoints import export_network, initialise_from, resolve_init, resume_path
 from pixart_lab.training.history import MetricHistory
 from pixart_lab.training.wiring import build_callbacks, build_loggers
 from pixart_lab.utils.io import write_json
@@ -48,21 +49,28 @@ def main(cfg: DictConfig) -> dict:
     denoiser = instantiate(cfg.model.denoiser)
     init = resolve_init(cfg.init, cfg.paths.checkpoints_dir)
     if init is not None:
-        initialise_from(denoiser.transformer, init)
+        initialise_from(denoiser.network, init)
     module = instantiate(cfg.module, denoiser=denoiser)
     data = instantiate(cfg.data_module)
 
     history = MetricHistory(cfg.outputs.plot, keys=LOGGED, every_n_steps=cfg.outputs.plot_every_n_steps)
     cost = instantiate(cfg.cost)
-    callbacks = build_callbacks(cfg.callbacks, history, instantiate(cfg.checkpoint), instantiate(cfg.samples), cost)
+    quality = instantiate(cfg.periodic_eval) if cfg.periodic_eval else None
+    # The cost callback counts each step before the grids and evaluations read its totals.
+    measured = [instantiate(cfg.samples), *([quality] if quality else [])]
+    callbacks = build_callbacks(cfg.callbacks, history, instantiate(cfg.checkpoint), cost, *measured)
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=callbacks)
     for logger in trainer.loggers:  # the composed config: every run in W&B / CSV says how it was made
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.resume, cfg.run_dir))
 
-    export_transformer(module.ema.module.transformer, cfg.run_dir)
-    metrics = {"init": cfg.init, "caption": cfg.caption, **final_metrics(trainer, module, history, time.perf_counter() - start)}
+    export_network(module.ema.module.network, cfg.run_dir, module.denoiser.component)
+    save_noise_schedule(cfg.run_dir, cfg.model.objective)
+    metrics = {"init": cfg.init, "caption": cfg.caption, "model": cfg.model.name}
+    metrics.update(final_metrics(trainer, module, history, time.perf_counter() - start))
     metrics["cost"] = cost.summary()
+    if quality is not None and quality.rows:
+        metrics["quality"] = quality.rows[-1]
     write_json(cfg.outputs.metrics, metrics)
     print(f"{cfg.run_name}: {metrics}")
     return metrics

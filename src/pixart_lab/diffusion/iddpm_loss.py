@@ -5,7 +5,8 @@ an epsilon prediction and, per dimension, a value v in [-1, 1] that interpolates
 log variance between log beta_t and log beta~_t (Eq. 15). Training minimises
 L_hybrid = L_simple + lambda L_vlb (Eq. 16) with lambda = 0.001 and a stop-gradient on the mean in
 the L_vlb term (Section 3.1). PixArt-alpha (arXiv 2310.00426) keeps this objective through the
-DiT code base, which uses IDDPM's ``learned_range`` variance and its ``hybrid`` loss.
+DiT code base, which uses IDDPM's ``learned_range`` variance and its ``hybrid`` loss. Stable
+Diffusion trains a fixed-variance epsilon model on L_simple alone (:func:`simple_loss`).
 """
 
 from __future__ import annotations
@@ -104,3 +105,12 @@ def hybrid_loss(
 
     loss = mse + lambda_vlb * schedule.num_timesteps * vlb
     return {"loss": loss, "mse": mse, "vlb": vlb}
+
+
+def simple_loss(model_output: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    """Per-sample L_simple (DDPM Eq. 14) for an epsilon-only output of C channels: Stable Diffusion's
+    objective, with the sampler's fixed variance. Returns ``{"loss", "mse"}`` (equal), shape [B]."""
+    if model_output.shape != noise.shape:
+        raise ValueError(f"an epsilon-only model must output {tuple(noise.shape)}, got {tuple(model_output.shape)}")
+    mse = _mean_flat((noise - model_output) ** 2)
+    return {"loss": mse, "mse": mse}

@@ -1,8 +1,9 @@
 """Sampling through diffusers pipelines assembled from the project's own components.
 
-``PixArtAlphaPipeline`` (stages 2-3) and ``DiTPipeline`` (stage 1) run the trained transformer with
-the project's VAE, tokenizer and frozen T5; the scheduler (DPM-Solver++, SA-Solver, DDIM) comes from
-``conf/sampler``. :func:`export_pipeline` writes a folder that plain ``from_pretrained`` loads.
+``PixArtAlphaPipeline`` (stages 2-3), ``DiTPipeline`` (stage 1) and ``StableDiffusionPipeline`` (the
+SD-class baseline) run the trained network with the project's VAE, tokenizer and frozen T5; the
+scheduler (DPM-Solver++, SA-Solver, DDIM) comes from ``conf/sampler``, on the noise schedule the
+network was trained with. :func:`export_pipeline` writes a folder that plain ``from_pretrained`` loads.
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ from diffusers import (
     PixArtAlphaPipeline,
     PixArtTransformer2DModel,
     SchedulerMixin,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
 )
 from torch import nn
+from tqdm import tqdm
+from transformers import T5EncoderModel
 
 from pixart_lab.data.scene import NUM_CLASSES, class_name
+from pixart_lab.models.denoisers import unmasked_context
 from pixart_lab.models.text_encoder import FrozenTextEncoder
 from pixart_lab.models.vae import load_vae
-from pixart_lab.utils.io import atomic_dir
+from pixart_lab.utils.io import atomic_dir, write_json
+
+NOISE_SCHEDULE_FILE = "noise_schedule.json"
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
 
 
 def untied_copy(transformer: nn.Module) -> nn.Module:
@@ -48,10 +57,11 @@ def assemble_pipeline(
     text_encoder: FrozenTextEncoder | None = None,
     id2label: Mapping[int, str] | None = None,
 ) -> DiffusionPipeline:
-    """``PixArtAlphaPipeline`` for a PixArt transformer, ``DiTPipeline`` for a class-conditional DiT."""
+    """``PixArtAlphaPipeline`` for a PixArt transformer, ``DiTPipeline`` for a class-conditional DiT,
+    ``StableDiffusionPipeline`` for the baseline's UNet (``transformer`` is the network either way)."""
+    if isinstance(transformer, (PixArtTransformer2DModel, UNet2DConditionModel)) and text_encoder is None:
+        raise ValueError(f"a {type(transformer).__name__} pipeline needs the text encoder (tokenizer + T5) it was trained with")
     if isinstance(transformer, PixArtTransformer2DModel):
-        if text_encoder is None:
-            raise ValueError("a PixArt pipeline needs the text encoder (tokenizer + T5) it was trained with")
         pipeline = PixArtAlphaPipeline(
             tokenizer=text_encoder.tokenizer,
             text_encoder=text_encoder.encoder,
@@ -59,12 +69,47 @@ def assemble_pipeline(
             transformer=transformer,
             scheduler=scheduler,
         )
+    elif isinstance(transformer, UNet2DConditionModel):
+        text_encoder.tokenizer.model_max_length = text_encoder.max_length  # the UNet's fixed context length
+        pipeline = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder.encoder, tokenizer=text_encoder.tokenizer, unet=transformer,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
     elif isinstance(transformer, DiTTransformer2DModel):
         pipeline = DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=dict(id2label or {}))
     else:
-        raise TypeError(f"no pipeline for {type(transformer).__name__}; expected PixArt or DiT transformer")
+        raise TypeError(f"no pipeline for {type(transformer).__name__}; expected a PixArt or DiT transformer or a UNet")
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def with_noise_schedule(scheduler: SchedulerMixin, schedule: Mapping | None) -> SchedulerMixin:
+    """``scheduler``'s sampler on the training noise ``schedule`` (``NOISE_SCHEDULE_KEYS``; None: as is)."""
+    if not schedule:
+        return scheduler
+    # As keyword arguments: keys in the config's ``_use_default_values`` would be dropped otherwise.
+    return type(scheduler).from_config(scheduler.config, **{k: schedule[k] for k in NOISE_SCHEDULE_KEYS})
+
+
+def condition_kwargs(pipeline: DiffusionPipeline, conditions: Sequence[str] | Sequence[int]) -> dict:
+    """The call arguments that condition ``pipeline`` on prompts (or DiT class labels).
+
+    PixArt: the negative prompt is ``""``, the condition that training's caption dropout uses;
+    resolution binning is off (its tables are for the official 256-1024 px models) and so is caption
+    cleaning (the corpus captions are already clean, lower-case text). An SD pipeline around the
+    project's T5 gets the embeddings its UNet was trained on (:func:`unmasked_context`); a real SD
+    checkpoint (CLIP text encoder) encodes the prompts itself.
+    """
+    if isinstance(pipeline, DiTPipeline):
+        return {"class_labels": [int(c) for c in conditions]}
+    prompts = [str(c) for c in conditions]
+    if isinstance(pipeline, PixArtAlphaPipeline):
+        return {"prompt": prompts, "negative_prompt": "", "clean_caption": False, "use_resolution_binning": False}
+    if isinstance(pipeline, StableDiffusionPipeline) and isinstance(pipeline.text_encoder, T5EncoderModel):
+        encoder = FrozenTextEncoder(pipeline.tokenizer, pipeline.text_encoder, pipeline.tokenizer.model_max_length)
+        embed = lambda texts: unmasked_context(*encoder.encode(texts), encoder.max_length)  # noqa: E731
+        return {"prompt_embeds": embed(prompts), "negative_prompt_embeds": embed([""] * len(prompts))}
+    return {"prompt": prompts, "negative_prompt": [""] * len(prompts)}
 
 
 @torch.no_grad()
@@ -77,41 +122,25 @@ def generate(
     height: int | None = None,
     width: int | None = None,
 ) -> torch.Tensor:
-    """Images in [-1, 1] (N x 3 x H x W) for prompts (PixArt) or class labels (DiT), from one seed.
-
-    PixArt: the negative prompt is ``""``, the condition that training's caption dropout uses;
-    resolution binning is off (its tables are for the official 256-1024 px models) and so is
-    caption cleaning (the corpus captions are already clean, lower-case text).
-    """
+    """Images in [-1, 1] (N x 3 x H x W) for prompts or class labels (DiT, at its own size), from one seed."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    if isinstance(pipeline, DiTPipeline):
-        images = pipeline(
-            class_labels=[int(c) for c in conditions],
-            guidance_scale=guidance_scale,
-            num_inference_steps=steps,
-            generator=generator,
-            output_type="pt",
-        ).images
-    else:
-        images = pipeline(
-            prompt=[str(c) for c in conditions],
-            negative_prompt="",
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            generator=generator,
-            output_type="pt",
-            clean_caption=False,
-            use_resolution_binning=False,
-        ).images
+    size = {} if isinstance(pipeline, DiTPipeline) else {"height": height, "width": width}
+    images = pipeline(
+        **condition_kwargs(pipeline, conditions),
+        **size,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        output_type="pt",
+    ).images
     return torch.as_tensor(images).float() * 2 - 1
 
 
 def export_pipeline(pipeline: DiffusionPipeline, directory: str | Path) -> Path:
-    """Write ``pipeline`` as a diffusers folder (atomically), transformer untied for safetensors."""
+    """Write ``pipeline`` as a diffusers folder (atomically), its network untied for safetensors."""
     components = dict(pipeline.components)
-    components["transformer"] = untied_copy(components["transformer"])
+    network = "unet" if "unet" in components else "transformer"
+    components[network] = untied_copy(components[network])
     standalone = type(pipeline)(**components)
     with atomic_dir(directory) as tmp:
         standalone.save_pretrained(tmp)
@@ -119,9 +148,20 @@ def export_pipeline(pipeline: DiffusionPipeline, directory: str | Path) -> Path:
 
 
 def load_transformer(folder: Path) -> nn.Module:
-    """The diffusers transformer class named in ``folder/config.json``, loaded from it."""
+    """The diffusers model class named in ``folder/config.json`` (transformer or UNet), loaded from it."""
     name = json.loads((Path(folder) / "config.json").read_text())["_class_name"]
     return getattr(diffusers, name).from_pretrained(folder).eval()
+
+
+def save_noise_schedule(run_dir: str | Path, schedule: Mapping) -> None:
+    """Record the training noise schedule beside a run's exported network, for its samplers."""
+    write_json(Path(run_dir) / NOISE_SCHEDULE_FILE, {k: schedule[k] for k in NOISE_SCHEDULE_KEYS})
+
+
+def load_noise_schedule(network_folder: str | Path) -> dict | None:
+    """The schedule recorded beside an exported network (None: none recorded)."""
+    path = Path(network_folder).parent / NOISE_SCHEDULE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def resolve_source(source: str, checkpoints_dir: str | Path) -> Path:
@@ -143,8 +183,8 @@ def load_pipeline(
 
     A pipeline folder keeps its own components; only the sampler's class is swapped in, on the
     folder's own noise schedule (so an SD-style scaled-linear model stays scaled-linear). A bare
-    transformer folder (a run's EMA export) is assembled with the project's ``vae`` and
-    ``text_encoder`` configs and the configured ``scheduler``.
+    network folder (a run's EMA export) is assembled with the project's ``vae`` and
+    ``text_encoder`` configs and the configured ``scheduler`` on the run's recorded noise schedule.
     """
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
@@ -155,6 +195,7 @@ def load_pipeline(
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is neither a diffusers pipeline (model_index.json) nor a transformer folder")
     transformer = load_transformer(folder)
+    scheduler = with_noise_schedule(scheduler, load_noise_schedule(folder))
     encoder = None
     if not isinstance(transformer, DiTTransformer2DModel):
         encoder = FrozenTextEncoder.from_pretrained(text_encoder["pretrained"], max_length=text_encoder["max_length"])
@@ -172,8 +213,6 @@ def generate_many(
     **sampling,
 ) -> torch.Tensor:
     """uint8 images for many conditions, ``batch_size`` at a time (batch ``i`` seeded ``seed + i``)."""
-    from tqdm import tqdm
-
     chunks = range(0, len(conditions), batch_size)
     out = [
         generate(pipeline, conditions[i : i + batch_size], seed=seed + k, **sampling)

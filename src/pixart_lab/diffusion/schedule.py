@@ -5,7 +5,8 @@ the diffusion utilities of Improved DDPM (Nichol & Dhariwal, 2021): a "linear" s
 T = 1000 betas from 1e-4 to 0.02 (Ho et al., 2020), the forward process
 q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) and the Gaussian posterior
 q(x_{t-1} | x_t, x_0) of IDDPM Eqs. 10-12. All tables are kept in float64, as in IDDPM, and are
-cast to the dtype of the tensor they scale.
+cast to the dtype of the tensor they scale. Stable Diffusion's "scaled_linear" schedule (betas
+linear in sqrt(beta) from 0.00085 to 0.012) serves the SD-class baseline.
 """
 
 from __future__ import annotations
@@ -70,6 +71,22 @@ class NoiseSchedule:
         scale = 1000.0 / num_timesteps
         betas = torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
         return cls.from_betas(betas)
+
+    @classmethod
+    def scaled_linear(cls, num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> NoiseSchedule:
+        """Stable Diffusion's schedule: ``betas = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2``.
+
+        The same table as diffusers' ``beta_schedule="scaled_linear"``, so SD samplers match training.
+        """
+        return cls.from_betas(torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2)
+
+    @classmethod
+    def named(cls, beta_schedule: str, num_timesteps: int, beta_start: float, beta_end: float) -> NoiseSchedule:
+        """The schedule diffusers calls ``beta_schedule`` (``linear`` or ``scaled_linear``)."""
+        builders = {"linear": cls.linear, "scaled_linear": cls.scaled_linear}
+        if beta_schedule not in builders:
+            raise ValueError(f"beta_schedule={beta_schedule!r}: expected one of {sorted(builders)}")
+        return builders[beta_schedule](num_timesteps, beta_start, beta_end)
 
     @property
     def num_timesteps(self) -> int:

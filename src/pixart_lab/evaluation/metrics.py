@@ -5,6 +5,7 @@ image degradations and renderings the metrics are validated with.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,13 +22,44 @@ from pixart_lab.data.transforms import to_uint8_chw
 from pixart_lab.evaluation.clip_model import EvaluatorMissingError
 
 
+class FidReference:
+    """torchmetrics FID of uint8 image sets against one real set, whose features are computed once.
+
+    ``reset_real_features=False`` keeps the real statistics across ``reset()``, so every call costs
+    only the generated set's features.
+    """
+
+    def __init__(self, real: torch.Tensor, extractor: nn.Module, batch_size: int = 250):
+        self.metric = FrechetInceptionDistance(feature=extractor, normalize=False, reset_real_features=False)
+        self.batch_size = batch_size
+        self._update(real, is_real=True)
+
+    def _update(self, images: torch.Tensor, is_real: bool) -> None:
+        for i in range(0, len(images), self.batch_size):
+            self.metric.update(images[i : i + self.batch_size], real=is_real)
+
+    def __call__(self, fake: torch.Tensor) -> float:
+        self.metric.reset()
+        self._update(fake, is_real=False)
+        return float(self.metric.compute())
+
+
+class CleanFidReference:
+    """clean-fid's FID (Inception, mode "clean") of image sets against one real set kept on disk."""
+
+    def __init__(self, real: torch.Tensor, inception_dir: str | os.PathLike | None = None):
+        self._tmp = tempfile.TemporaryDirectory(prefix="clean_fid_")
+        self.real_dir = save_images(real, Path(self._tmp.name) / "real")
+        self.inception_dir = inception_dir
+
+    def __call__(self, fake: torch.Tensor) -> float:
+        with tempfile.TemporaryDirectory(dir=self._tmp.name) as tmp:
+            return clean_fid(self.real_dir, save_images(fake, Path(tmp) / "fake"), self.inception_dir)
+
+
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor, extractor: nn.Module, batch_size: int = 250) -> float:
     """torchmetrics FID between two uint8 image sets in the feature space of ``extractor``."""
-    fid = FrechetInceptionDistance(feature=extractor, normalize=False)
-    for images, is_real in ((real, True), (fake, False)):
-        for i in range(0, len(images), batch_size):
-            fid.update(images[i : i + batch_size], real=is_real)
-    return float(fid.compute())
+    return FidReference(real, extractor, batch_size)(fake)
 
 
 def clip_score(

@@ -5,25 +5,36 @@
 * :class:`CaptionConditionalPixArt` -- stages 2-3: diffusers ``PixArtTransformer2DModel``
   (adaLN-single + cross-attention to frozen T5 tokens, optionally the resolution / aspect-ratio
   micro-conditions of PixArt's 1024-MS model).
+* :class:`CaptionConditionalUNet` -- the SD-class baseline: diffusers ``UNet2DConditionModel`` in
+  Stable Diffusion 1.5's layout, cross-attending to the same cached T5 tokens.
 
-Both predict ``2 x latent channels``: epsilon, then IDDPM's learned-variance values. Each also
-knows how to drop its condition for classifier-free guidance, so the training module stays
-agnostic of what conditions the network (an SD-class UNet plugs in the same way).
+The transformers predict ``2 x latent channels`` (epsilon, then IDDPM's learned-variance values);
+the UNet predicts epsilon only, as SD does. Each also knows how to drop its condition for
+classifier-free guidance, so the training module stays agnostic of what conditions the network.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
+from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DConditionModel
 from torch import nn
 
 from pixart_lab.models.text_encoder import FrozenTextEncoder
 
 
 class Denoiser(nn.Module):
-    """A diffusers network plus the conditioning it reads from a feature batch."""
+    """A diffusers network plus the conditioning it reads from a feature batch.
 
-    transformer: nn.Module
+    ``component`` names the network's attribute, which is also its component name in a diffusers
+    pipeline (``transformer`` or ``unet``) and its folder in a run's export.
+    """
+
+    component = "transformer"
+
+    @property
+    def network(self) -> nn.Module:
+        """The diffusers model being trained (the one that is exported)."""
+        return getattr(self, self.component)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
         raise NotImplementedError
@@ -34,7 +45,7 @@ class Denoiser(nn.Module):
 
     @property
     def latent_channels(self) -> int:
-        return int(self.transformer.config.in_channels)
+        return int(self.network.config.in_channels)
 
 
 def tie_conditioning_embedders(dit: DiTTransformer2DModel) -> DiTTransformer2DModel:
@@ -78,20 +89,44 @@ class ClassConditionalDiT(Denoiser):
         return {**batch, "label": torch.where(drop, torch.full_like(batch["label"], self.null_class), batch["label"])}
 
 
-class CaptionConditionalPixArt(Denoiser):
-    """Stages 2-3: PixArt on T5 caption tokens (and, if configured, PixArt-MS micro-conditions).
+class CaptionConditioned(Denoiser):
+    """A network conditioned on frozen-T5 caption tokens; CFG dropout replaces them by T5("").
 
     The null caption is the frozen T5's encoding of the empty string with its mask (one ``</s>``
-    token). That is exactly what ``PixArtAlphaPipeline`` feeds as the negative prompt ``""``; the
-    original code drops to a learned ``y_embedding`` instead, which diffusers' pipeline never uses,
-    so a model trained that way would be guided against a condition it never saw.
+    token): what the diffusers pipelines encode for the negative prompt ``""``.
+    """
+
+    def __init__(self, null_caption_emb: torch.Tensor, null_caption_mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("null_caption_emb", null_caption_emb.reshape(-1, null_caption_emb.shape[-1]).float())
+        self.register_buffer("null_caption_mask", null_caption_mask.reshape(-1).long())
+
+    def drop_conditions(self, batch: dict, drop: torch.Tensor) -> dict:
+        emb, mask = batch["caption_emb"], batch["caption_mask"]
+        length = emb.shape[1]
+        null_emb = torch.zeros_like(emb[0])
+        null_mask = torch.zeros_like(mask[0])
+        n = min(length, len(self.null_caption_mask))
+        null_emb[:n], null_mask[:n] = self.null_caption_emb[:n], self.null_caption_mask[:n]
+        keep = ~drop
+        return {
+            **batch,
+            "caption_emb": torch.where(keep[:, None, None], emb, null_emb),
+            "caption_mask": torch.where(keep[:, None], mask, null_mask),
+        }
+
+
+class CaptionConditionalPixArt(CaptionConditioned):
+    """Stages 2-3: PixArt on T5 caption tokens (and, if configured, PixArt-MS micro-conditions).
+
+    The original code drops captions to a learned ``y_embedding`` instead of T5(""), which diffusers'
+    ``PixArtAlphaPipeline`` never uses, so a model trained that way would be guided against a
+    condition it never saw.
     """
 
     def __init__(self, transformer: PixArtTransformer2DModel, null_caption_emb: torch.Tensor, null_caption_mask: torch.Tensor):
-        super().__init__()
+        super().__init__(null_caption_emb, null_caption_mask)
         self.transformer = transformer
-        self.register_buffer("null_caption_emb", null_caption_emb.reshape(-1, null_caption_emb.shape[-1]).float())
-        self.register_buffer("null_caption_mask", null_caption_mask.reshape(-1).long())
 
     @property
     def micro_conditioned(self) -> bool:
@@ -113,33 +148,57 @@ class CaptionConditionalPixArt(Denoiser):
             added_cond_kwargs=self.added_conditions(batch),
         ).sample
 
-    def drop_conditions(self, batch: dict, drop: torch.Tensor) -> dict:
-        emb, mask = batch["caption_emb"], batch["caption_mask"]
-        length = emb.shape[1]
-        null_emb = torch.zeros_like(emb[0])
-        null_mask = torch.zeros_like(mask[0])
-        n = min(length, len(self.null_caption_mask))
-        null_emb[:n], null_mask[:n] = self.null_caption_emb[:n], self.null_caption_mask[:n]
-        keep = ~drop
-        return {
-            **batch,
-            "caption_emb": torch.where(keep[:, None, None], emb, null_emb),
-            "caption_mask": torch.where(keep[:, None], mask, null_mask),
-        }
+
+
+def unmasked_context(emb: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Caption tokens as Stable Diffusion's UNet reads them: no attention mask, a fixed length.
+
+    Masked positions are zeroed and the tokens zero-padded (or cut) to ``length``. SD attends to all
+    77 CLIP positions without a mask; zero tokens give zero keys and values (its attention has no
+    bias), so training and sampling see the same context whatever the batch's padding was.
+    """
+    emb = emb * mask.unsqueeze(-1).to(emb.dtype)
+    emb = emb[:, :length]
+    return torch.nn.functional.pad(emb, (0, 0, 0, length - emb.shape[1]))
+
+
+class CaptionConditionalUNet(CaptionConditioned):
+    """The SD-class baseline: a UNet2DConditionModel on the same T5 tokens, fixed-variance epsilon."""
+
+    component = "unet"
+
+    def __init__(self, unet: UNet2DConditionModel, null_caption_emb: torch.Tensor, null_caption_mask: torch.Tensor, text_length: int = 120):
+        super().__init__(null_caption_emb, null_caption_mask)
+        self.unet, self.text_length = unet, int(text_length)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
+        context = unmasked_context(batch["caption_emb"], batch["caption_mask"], self.text_length)
+        return self.unet(x_t, t, encoder_hidden_states=context).sample
+
+
+def null_caption(text_encoder: str, max_length: int, caption_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen text encoder's T5("") and its mask, checked against the network's caption width."""
+    encoder = FrozenTextEncoder.from_pretrained(text_encoder, max_length=max_length)
+    if encoder.hidden_size != caption_channels:
+        raise ValueError(
+            f"the model reads {caption_channels}-dim caption tokens but the text encoder at {text_encoder} "
+            f"produces {encoder.hidden_size}; set the model's caption width to match"
+        )
+    emb, mask = encoder.encode([""], pad_to_max_length=False)
+    return emb[0], mask[0]
 
 
 def caption_conditional_pixart(
     transformer: PixArtTransformer2DModel, text_encoder: str, max_length: int = 120
 ) -> CaptionConditionalPixArt:
     """Wrap ``transformer`` with the null caption of the frozen text encoder at ``text_encoder``."""
-    encoder = FrozenTextEncoder.from_pretrained(text_encoder, max_length=max_length)
-    if encoder.hidden_size != transformer.config.caption_channels:
-        raise ValueError(
-            f"model.caption_channels={transformer.config.caption_channels} but the text encoder at "
-            f"{text_encoder} produces {encoder.hidden_size}-dim tokens; set caption_channels to match"
-        )
-    emb, mask = encoder.encode([""], pad_to_max_length=False)
-    return CaptionConditionalPixArt(transformer, emb[0], mask[0])
+    return CaptionConditionalPixArt(transformer, *null_caption(text_encoder, max_length, transformer.config.caption_channels))
+
+
+def caption_conditional_unet(unet: UNet2DConditionModel, text_encoder: str, max_length: int = 120) -> CaptionConditionalUNet:
+    """Wrap ``unet`` with the null caption of the frozen text encoder; it reads ``max_length`` tokens."""
+    width = unet.config.encoder_hid_dim or unet.config.cross_attention_dim
+    return CaptionConditionalUNet(unet, *null_caption(text_encoder, max_length, width), text_length=max_length)
 
 
 def count_parameters(module: nn.Module) -> int:

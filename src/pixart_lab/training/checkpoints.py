@@ -1,8 +1,9 @@
 """Checkpoint I/O between curriculum stages: initialise from an earlier stage, export, resume.
 
 A stage's folder ``checkpoints/<run>/`` holds Lightning's ``last.ckpt`` (weights, EMA, optimiser,
-loop and data-loader position: what ``resume=last`` continues from) and ``transformer/``, the EMA
-weights as a diffusers model folder, which the next stage initialises from.
+loop and data-loader position: what ``resume=last`` continues from), ``transformer/`` (``unet/`` for
+the SD-class baseline), the EMA weights as a diffusers model folder, which the next stage
+initialises from, and ``noise_schedule.json``, the schedule its samplers must use.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pixart_lab.utils.io import atomic_dir, atomic_save
 log = logging.getLogger(__name__)
 
 TRANSFORMER_DIR = "transformer"
+NETWORK_DIRS = (TRANSFORMER_DIR, "unet")  # diffusers component names of the exported networks
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 # New in stage 3 (PixArt-MS): the resolution / aspect-ratio embedders, zero-initialised at their
 # output so the stage-2 model's function is unchanged at the first step.
@@ -41,12 +43,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def resolve_init(init: str | None, checkpoints_dir: str | Path) -> Path | None:
-    """``scratch``/None -> None; an earlier run's name -> its exported transformer; else a folder."""
+    """``scratch``/None -> None; an earlier run's name -> its exported network; else a folder."""
     if init in (None, "", "scratch"):
         return None
     path = Path(init)
     if not path.is_dir():
-        path = Path(checkpoints_dir) / init / TRANSFORMER_DIR
+        run = Path(checkpoints_dir) / init
+        path = next((run / d for d in NETWORK_DIRS if (run / d / WEIGHTS_FILE).is_file()), run / TRANSFORMER_DIR)
     if not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"init={init!r}: no transformer weights at {path / WEIGHTS_FILE} (run that stage first)")
     return path
@@ -77,11 +80,11 @@ def initialise_from(transformer: nn.Module, path: str | Path) -> dict[str, list[
     return {"loaded": sorted(state), "new": new}
 
 
-def export_transformer(transformer: ModelMixin, run_dir: str | Path) -> Path:
-    """Save ``transformer`` as ``run_dir/transformer`` (diffusers format, atomically)."""
-    target = Path(run_dir) / TRANSFORMER_DIR
+def export_network(network: ModelMixin, run_dir: str | Path, component: str = TRANSFORMER_DIR) -> Path:
+    """Save ``network`` as ``run_dir/<component>`` (diffusers format, atomically)."""
+    target = Path(run_dir) / component
     with atomic_dir(target) as tmp:
-        untied_copy(transformer).save_pretrained(tmp)
+        untied_copy(network).save_pretrained(tmp)
     return target
 
 

@@ -6,12 +6,21 @@ accumulation) until its gradients are ready: forward and backward only. The opti
 gradient clipping, the EMA and the module's other hooks are excluded, as in the usual ``6 N D``
 accounting; activation recomputation (gradient checkpointing) is counted, since it is real work. The
 measurement reuses the step that trains anyway: no extra forward pass, no change to the numbers.
+
+Measurement inside the fit (sample grids, periodic evaluation) runs under :func:`excluded_from_cost`,
+so wall time, dollars and energy are the training's alone. A curriculum stage can carry the totals of
+the stages before it (``prior_runs``), and a run can stop at a FLOPs budget equal to other runs'
+totals (``budget_runs``): how the SD-class baseline gets the PixArt curriculum's compute.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,6 +28,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pixart_lab.evaluation.cost import CostConfig, EnergyMeter, a100_days, analytic_energy, beside_paper, cost_summary
+
+log = logging.getLogger(__name__)
 
 
 def batch_size_of(batch: Any, key: str | None = "latent_mean") -> int:
@@ -71,6 +82,9 @@ class ComputeCost(L.Callback):
         country: str = "USA",
         measure_power_secs: float = 15.0,
         tracking_mode: str = "process",
+        metrics_dir: str | Path = "metrics",
+        prior_runs: Sequence[str] = (),
+        budget_runs: Sequence[str] = (),
     ):
         self.cfg = CostConfig(
             {k: dict(v) for k, v in devices.items()}, utilisation=utilisation, pue=pue, grid_kg_per_kwh=grid_kg_per_kwh
@@ -81,6 +95,9 @@ class ComputeCost(L.Callback):
         self.measure_power_secs, self.tracking_mode = measure_power_secs, tracking_mode
         if device is not None:
             self.cfg.device(device)  # an unknown name fails here, not after training
+        self.metrics_dir, self.prior_runs, self.budget_runs = Path(metrics_dir), list(prior_runs), list(budget_runs)
+        self.prior: dict[str, float] | None = None  # totals of prior_runs, read at the start
+        self.budget_flops: float | None = None
         # Carried in checkpoints: totals of earlier sessions of this run.
         self.samples = 0
         self.flops_per_sample: float | None = None
@@ -94,6 +111,7 @@ class ComputeCost(L.Callback):
         self._meter: EnergyMeter | None = None
         self._counter: FlopCounterMode | None = None
         self._counted_flops, self._counted_samples = 0, 0
+        self._excluded_seconds, self._excluded_kwh, self._excluded_kg = 0.0, 0.0, 0.0
 
     # ---- quantities -------------------------------------------------------------------------
     @property
@@ -101,25 +119,54 @@ class ComputeCost(L.Callback):
         """Forward+backward FLOPs of all samples trained so far (0 until measured)."""
         return (self.flops_per_sample or 0.0) * self.samples
 
+    def _session_seconds(self) -> float:
+        """Training seconds of this session: since the start, less the excluded measurement time."""
+        if self._session_start is None:
+            return 0.0
+        return time.perf_counter() - self._session_start - self._excluded_seconds
+
     def wall_seconds(self) -> float:
         """Training wall time of this run, earlier sessions included."""
-        running = time.perf_counter() - self._session_start if self._session_start is not None else 0.0
-        return self.wall_seconds_before + running
+        return self.wall_seconds_before + self._session_seconds()
+
+    @contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Leave the block's wall time and energy out of the run's cost (sample grids, evaluation)."""
+        if self._session_start is None:
+            yield
+            return
+        start, before = time.perf_counter(), self._meter.read() if self._meter is not None else None
+        try:
+            yield
+        finally:
+            self._excluded_seconds += time.perf_counter() - start
+            if before is not None:
+                after = self._meter.read()
+                self._excluded_kwh += max(0.0, after[0] - before[0])
+                self._excluded_kg += max(0.0, after[1] - before[1])
 
     def _energy(self, final: bool = False) -> tuple[float, float, str]:
         """Run totals ``(kWh, kg CO2eq, source)``: earlier sessions plus this one so far (``final``: stop the meter)."""
         kwh, kg, sources = self.energy_kwh_before, self.emissions_kg_before, set(self.energy_sources)
         part = None
         if self._meter is not None:
-            part = self._meter.stop() if final else self._meter.read()
+            kwh_part, kg_part, source = self._meter.stop() if final else self._meter.read()
+            if source == "analytic":  # the meter's estimate spans its whole session, measurement included
+                kwh_part, kg_part = self._analytic_energy()
+            else:
+                kwh_part, kg_part = max(0.0, kwh_part - self._excluded_kwh), max(0.0, kg_part - self._excluded_kg)
+            part = (kwh_part, kg_part, source)
         elif self._session_start is not None:
-            hours = (time.perf_counter() - self._session_start) / 3600.0 * self.num_devices
-            row = self.cfg.device(self._device())
-            part = (*analytic_energy(hours, row.tdp_watts, self.cfg.pue, self.cfg.grid_kg_per_kwh), "analytic")
+            part = (*self._analytic_energy(), "analytic")
         if part is not None:
             kwh, kg = kwh + part[0], kg + part[1]
             sources.add(part[2])
         return kwh, kg, "+".join(sorted(sources)) or "analytic"
+
+    def _analytic_energy(self) -> tuple[float, float]:
+        hours = self._session_seconds() / 3600.0 * self.num_devices
+        row = self.cfg.device(self._device())
+        return analytic_energy(hours, row.tdp_watts, self.cfg.pue, self.cfg.grid_kg_per_kwh)
 
     def _device(self) -> str:
         if self.device is None:
@@ -133,7 +180,32 @@ class ComputeCost(L.Callback):
             self.flops, self.samples, self.wall_seconds(), self.num_devices, self._device(),
             energy_kwh, emissions_kg, self.cfg, energy_source=source,
         )  # fmt: skip
-        return {**report, "paper": beside_paper(report, self.paper)}
+        report = {**report, "paper": beside_paper(report, self.paper)}
+        if self.prior_runs:
+            report["curriculum"] = {"runs": [*self.prior_runs, "(this run)"], **self.curriculum(report)}
+        if self.budget_flops is not None:
+            report["budget"] = {"runs": self.budget_runs, "flops": self.budget_flops}
+        return report
+
+    def snapshot(self) -> dict[str, float]:
+        """This run's totals so far, and the curriculum's (``prior_runs`` + this run) under ``curriculum_``."""
+        energy_kwh, emissions_kg, _ = self._energy()
+        hours = self.wall_seconds() / 3600.0 * self.num_devices
+        price = self.cfg.device(self._device()).usd_per_hour
+        own = {
+            "flops": float(self.flops),
+            "samples": float(self.samples),
+            "device_hours": hours,
+            "usd": hours * price if price is not None else float("nan"),
+            "energy_kwh": energy_kwh,
+            "emissions_kg_co2": emissions_kg,
+        }
+        return {**own, **{f"curriculum_{k}": v for k, v in self.curriculum(own).items()}}
+
+    def curriculum(self, own: Mapping[str, Any]) -> dict[str, float]:
+        """``own`` totals plus those of ``prior_runs``."""
+        prior = self.prior or {}
+        return {k: float(own[k] or 0.0) + prior.get(k, 0.0) for k in RUN_TOTALS}
 
     def metrics(self) -> dict[str, float]:
         """The ``cost/*`` values logged with the step."""
@@ -147,6 +219,12 @@ class ComputeCost(L.Callback):
         }
 
     # ---- hooks ------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Read before any training: a missing prior or budget run fails now, not at the end.
+        self.prior = run_totals(self.metrics_dir, self.prior_runs, "cost.prior_runs")
+        if self.budget_runs:
+            self.budget_flops = run_totals(self.metrics_dir, self.budget_runs, "cost.budget_runs")["flops"]
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.num_devices = trainer.world_size
         if self.device is None:
@@ -185,6 +263,9 @@ class ComputeCost(L.Callback):
         step = trainer.global_step
         if step % self.log_every_n_steps == 0 or step == trainer.max_steps:
             pl_module.log_dict(self.metrics())
+        if self.budget_flops is not None and self.flops >= self.budget_flops and not trainer.should_stop:
+            log.info("step %d: %.3g FLOPs reach the budget of %s (%.3g); stopping", step, self.flops, self.budget_runs, self.budget_flops)
+            trainer.should_stop = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._counter is not None:  # no optimiser step ran: nothing measured
@@ -193,6 +274,7 @@ class ComputeCost(L.Callback):
         self.energy_kwh_before, self.emissions_kg_before, source = self._energy(final=True)
         self.energy_sources = set(source.split("+"))
         self.wall_seconds_before, self._session_start, self._meter = self.wall_seconds(), None, None
+        self._excluded_seconds, self._excluded_kwh, self._excluded_kg = 0.0, 0.0, 0.0
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # Leave no flop counter on the dispatch stack and no codecarbon thread behind a failed fit.
@@ -222,3 +304,27 @@ class ComputeCost(L.Callback):
         self.energy_kwh_before = float(state_dict["energy_kwh"])
         self.emissions_kg_before = float(state_dict["emissions_kg"])
         self.energy_sources = set(state_dict["energy_sources"])
+
+
+RUN_TOTALS = ("flops", "samples", "device_hours", "usd", "energy_kwh", "emissions_kg_co2")
+
+
+def run_totals(metrics_dir: str | Path, runs: Sequence[str], what: str = "runs") -> dict[str, float]:
+    """The summed ``RUN_TOTALS`` of finished runs, read from ``metrics_dir/<run>.json["cost"]``."""
+    totals = dict.fromkeys(RUN_TOTALS, 0.0)
+    for run in runs:
+        path = Path(metrics_dir) / f"{run}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{what}: {path} not found (train run '{run}' first)")
+        cost = json.loads(path.read_text()).get("cost")
+        if not cost:
+            raise KeyError(f"{what}: {path} has no 'cost' entry (it was not trained with the cost callback)")
+        for key in RUN_TOTALS:
+            totals[key] += float(cost.get(key) or 0.0)
+    return totals
+
+
+def excluded_from_cost(trainer: L.Trainer):
+    """A context that leaves its block out of the run's cost (a no-op without a ComputeCost callback)."""
+    cost = next((c for c in trainer.callbacks if isinstance(c, ComputeCost)), None)
+    return cost.excluded() if cost is not None else nullcontext()

@@ -3,7 +3,9 @@
 PixArt-alpha (Section 2.3 / its configs) trains epsilon plus learned variance with the IDDPM hybrid
 loss, uniform timesteps over a 1000-step linear schedule, 10% condition dropout for classifier-free
 guidance, AdamW (lr 2e-5, weight decay 3e-2, eps 1e-10) with the learning rate scaled by
-sqrt(effective batch / base batch), warm-up, gradient clipping and EMA weights for sampling.
+sqrt(effective batch / base batch), warm-up, gradient clipping and EMA weights for sampling. The
+SD-class baseline trains through the same module with Stable Diffusion's objective instead
+(``beta_schedule="scaled_linear"``, ``learned_variance=False``: epsilon MSE, fixed variance).
 
 All randomness of a step (posterior sample, timesteps, noise, condition dropout) comes from a
 generator seeded by ``(seed, global_step)``: a run resumed from a mid-stage checkpoint continues
@@ -21,7 +23,7 @@ import lightning as L
 import torch
 
 from pixart_lab.data.datamodule import sample_latents
-from pixart_lab.diffusion.iddpm_loss import hybrid_loss
+from pixart_lab.diffusion.iddpm_loss import hybrid_loss, simple_loss
 from pixart_lab.diffusion.schedule import NoiseSchedule
 from pixart_lab.models.denoisers import Denoiser
 from pixart_lab.training.ema import EMA
@@ -44,6 +46,8 @@ class DiffusionModule(L.LightningModule):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         lambda_vlb: float = 0.001,
+        beta_schedule: str = "linear",
+        learned_variance: bool = True,
         condition_dropout: float = 0.1,
         base_batch_size: int = 256,
         warmup_steps: int = 1000,
@@ -55,12 +59,12 @@ class DiffusionModule(L.LightningModule):
         super().__init__()
         self.denoiser = denoiser
         self.ema = EMA(denoiser, ema_decay, ema_warmup)
-        self.schedule = NoiseSchedule.linear(num_timesteps, beta_start, beta_end)
+        self.schedule = NoiseSchedule.named(beta_schedule, num_timesteps, beta_start, beta_end)
         self.optimizer_factory = optimizer
-        self.lambda_vlb, self.condition_dropout = lambda_vlb, condition_dropout
+        self.lambda_vlb, self.learned_variance, self.condition_dropout = lambda_vlb, learned_variance, condition_dropout
         self.base_batch_size, self.warmup_steps, self.seed = base_batch_size, warmup_steps, seed
         if gradient_checkpointing:
-            denoiser.transformer.enable_gradient_checkpointing()
+            denoiser.network.enable_gradient_checkpointing()
         self._batch_start: float | None = None
         self._batch_size = 0
 
@@ -80,7 +84,10 @@ class DiffusionModule(L.LightningModule):
             batch = denoiser.drop_conditions(batch, drop)
         x_t = self.schedule.q_sample(x0, t, noise)
         output = denoiser(x_t, t, batch).float()  # the loss in float32, also under bf16/fp16 autocast
-        parts = hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
+        if self.learned_variance:
+            parts = hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
+        else:
+            parts = simple_loss(output, noise.float())
         return {k: v.mean() for k, v in parts.items()}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
