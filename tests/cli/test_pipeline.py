@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -17,13 +18,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = (
     "train_vae", "train_text_encoder", "extract_features", "train_evaluators",
-    "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "samples",
-    "evaluate@stage1", "evaluate@stage2", "evaluate@stage3",
+    "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "baseline_sd", "samples",
+    "evaluate@stage1", "evaluate@stage2", "evaluate@stage3", "evaluate@baseline_sd", "report",
 )  # fmt: skip
 
 
+def environment() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "WANDB_MODE": "offline"}
+
+
 def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "WANDB_MODE": "offline"}
+    env = environment()
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done.stdout + done.stderr
@@ -44,6 +49,24 @@ def temporary_clone(tmp_path: Path) -> Path:
     run(["git", "add", "-A"], clone)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], clone)
     return clone
+
+
+def evaluations_of(clone: Path, run_name: str) -> dict:
+    return json.loads((clone / "metrics" / f"eval_{run_name}.json").read_text())
+
+
+def execute_notebook(path: Path, root: Path):
+    """Run every cell of a notebook in a fresh kernel (the project's environment), outputs kept."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    os.environ["PIXART_LAB_ROOT"] = str(root)  # the kernel inherits it
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        del os.environ["PIXART_LAB_ROOT"]
+    return notebook
 
 
 def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
@@ -94,7 +117,7 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
         assert cost["energy_kwh"] > 0 and cost["emissions_kg_co2"] > 0 and cost["paper"]["pixart_alpha"]["a100_days"] == 753
     evaluators = json.loads((clone / "metrics" / "evaluators.json").read_text())
     assert evaluators["prompts"] == 6 * 3 and evaluators["fid"]["images_per_set"] == 16
-    evaluations = {n: json.loads((clone / "metrics" / f"eval_{n}.json").read_text()) for n in ("stage1", "stage2", "stage3")}
+    evaluations = {n: evaluations_of(clone, n) for n in ("stage1", "stage2", "stage3")}
     assert "clip_score" not in evaluations["stage1"]  # class-conditional: FID only
     for name, result in evaluations.items():
         assert result["fid"]["images"] == 16 and result["fid"]["generated"] > 0 and result["fid"]["real_vs_real_floor"] > 0
@@ -108,6 +131,40 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     exported = json.loads((clone / "metrics" / "eval_export.json").read_text())
     assert exported["fid"]["real_vs_real_floor"] == evaluations["stage3"]["fid"]["real_vs_real_floor"]
     assert exported["size"] == [128, 128] and exported["compositional"]["prompts"] == 18
+
+    # Quality against compute: every training stage evaluated periodically, the curriculum's cost chained.
+    curves = {name: list(csv.DictReader((clone / "plots" / f"{name}_eval.csv").open())) for name in (*metrics, "baseline_sd")}
+    for name, rows in curves.items():
+        assert [int(r["step"]) for r in rows] == [2, 4], name  # every 2 steps in the smoke profile, the last one final
+        assert all(float(r["fid"]) > 0 and float(r["fid_floor"]) > 0 for r in rows)
+        assert float(rows[-1]["flops"]) == metrics.get(name, {}).get("cost", {}).get("flops", float(rows[-1]["flops"]))
+    assert all(r["clip_score"] == "" for r in curves["stage1"]) and all(r["clip_score"] != "" for r in curves["stage2"])
+    stage2_end = float(curves["stage2"][-1]["curriculum_flops"])
+    assert stage2_end == pytest.approx(metrics["stage1"]["cost"]["flops"] + metrics["stage2"]["cost"]["flops"])
+    assert float(curves["stage3"][0]["curriculum_flops"]) > stage2_end
+
+    # The baseline: SD's UNet layout and objective, the PixArt curriculum's FLOPs as its budget.
+    baseline = json.loads((clone / "metrics" / "baseline_sd.json").read_text())
+    assert baseline["model"] == "unet_sd" and baseline["init"] == "scratch"
+    assert baseline["cost"]["budget"]["flops"] == pytest.approx(sum(metrics[n]["cost"]["flops"] for n in metrics))
+    assert (clone / "checkpoints" / "baseline_sd" / "unet" / "config.json").is_file()
+    assert json.loads((clone / "checkpoints" / "baseline_sd" / "noise_schedule.json").read_text())["beta_schedule"] == "scaled_linear"
+    assert evaluations_of(clone, "baseline_sd")["compositional"]["prompts"] == 18
+
+    # The report: self-contained HTML, the headline ratio, the curves for dvc plots; the notebook redraws them.
+    report = json.loads((clone / "metrics" / "report.json").read_text())
+    assert set(report["headline"]) == {"fid", "clip_score", "compositional"}
+    assert report["paper_compute_ratio"] == pytest.approx(753 / 6250)
+    assert report["wandb_report"].startswith("W&B Report not published")
+    page = (clone / "reports" / "pixart_vs_sd.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "src=\"http" not in page
+    assert len(list(csv.DictReader((clone / "plots" / "quality_pixart.csv").open()))) == 6
+    shown = run(["dvc", "plots", "show", "--json"], clone)
+    assert "fid_vs_training_flops" in shown
+    notebook = execute_notebook(clone / "notebooks" / "compare_runs.ipynb", clone)
+    text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert "6 PixArt evaluations over 3 stages, 2 baseline evaluations" in text and "the baseline's final FID" in text
+    assert sum("image/png" in o.get("data", {}) for cell in notebook.cells for o in cell.get("outputs", [])) == 2
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"
