@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure  # no pyplot: importing this module never switches the backend
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from pixart_lab.training.history import write_csv
+from pixart_lab.utils.io import atomic_save
 
 # metric -> (label, lower is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -113,7 +113,8 @@ def headline(pixart: Curve, baseline: Curve, metric: str = "fid", x: str = "curr
 def plot_quality_vs_compute(pixart: Curve, baseline: Curve, path: str | Path, metrics: Sequence[str] = tuple(METRICS)) -> Path:
     """Rows: metrics; columns: FLOPs, $, CO2. PixArt's stage ends dotted; a marker on every evaluation."""
     metrics = [m for m in metrics if pixart.series("step", m)[1] or baseline.series("step", m)[1]]
-    fig, axes = plt.subplots(len(metrics), len(COMPUTE_AXES), figsize=(5.2 * len(COMPUTE_AXES), 3.4 * len(metrics)), squeeze=False)
+    fig = Figure(figsize=(5.2 * len(COMPUTE_AXES), 3.4 * len(metrics)))
+    axes = fig.subplots(len(metrics), len(COMPUTE_AXES), squeeze=False)
     for row, metric in zip(axes, metrics):
         for ax, (x, xlabel) in zip(row, COMPUTE_AXES.items()):
             for curve, colour in ((pixart, "tab:blue"), (baseline, "tab:orange")):
@@ -131,12 +132,7 @@ def plot_quality_vs_compute(pixart: Curve, baseline: Curve, path: str | Path, me
             ax.legend(fontsize=8)
     fig.suptitle("Quality against training compute (periodic evaluations of the EMA weights)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from pixart_lab.utils.io import atomic_save
-
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
     return path
 
 
@@ -174,8 +170,6 @@ def final_table(runs: Mapping[str, str], metrics_dir: str | Path, a100_days_per_
 
 def write_curve_csv(curve: Curve, path: str | Path) -> None:
     """The curve as one CSV (``run`` column marks the stage), the file ``dvc plots`` draws."""
-    from pixart_lab.training.history import write_csv
-
     columns = ["run", "step", *COMPUTE_AXES, *METRICS]
     write_csv(path, curve.points, columns)
 
