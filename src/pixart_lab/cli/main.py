@@ -16,6 +16,9 @@ STAGES = {
     "sample": "pixart_lab.cli.sample",
     "evaluate": "pixart_lab.cli.evaluate",
     "compare_runs": "pixart_lab.cli.compare_runs",
+    "extract_control": "pixart_lab.cli.extract_control",
+    "train_controlnet": "pixart_lab.cli.train_controlnet",
+    "evaluate_controlnet": "pixart_lab.cli.evaluate_controlnet",
 }
 
 

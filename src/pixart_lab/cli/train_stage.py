@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import hydra
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning import seed_everything
@@ -40,6 +41,27 @@ def final_metrics(trainer, module, history: MetricHistory, seconds: float, last_
     return metrics
 
 
+def write_run_metrics(cfg: DictConfig, trainer, module, history: MetricHistory, cost, start: float, **about) -> dict:
+    """``about`` the run, its final metrics and cost, written to ``cfg.outputs.metrics`` (and printed)."""
+    metrics = {**about, **final_metrics(trainer, module, history, time.perf_counter() - start), "cost": cost.summary()}
+    write_json(cfg.outputs.metrics, metrics)
+    print(f"{cfg.run_name}: {metrics}")
+    return metrics
+
+
+def fit(cfg: DictConfig, module: L.LightningModule, data: L.LightningDataModule) -> tuple[L.Trainer, MetricHistory, L.Callback]:
+    """Train ``module`` with the configured trainer, loggers, checkpoints, sample grid (if any), history and cost."""
+    history = MetricHistory(cfg.outputs.plot, keys=LOGGED, every_n_steps=cfg.outputs.plot_every_n_steps)
+    cost = instantiate(cfg.cost)
+    extra = [instantiate(cfg.checkpoint), *([instantiate(cfg.samples)] if cfg.get("samples") else [])]
+    callbacks = build_callbacks(cfg.callbacks, history, *extra, cost)
+    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=callbacks)
+    for logger in trainer.loggers:  # the composed config: every run in W&B / CSV says how it was made
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.resume, cfg.run_dir))
+    return trainer, history, cost
+
+
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_stage")
 def main(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed, workers=True)
@@ -50,22 +72,10 @@ def main(cfg: DictConfig) -> dict:
     if init is not None:
         initialise_from(denoiser.transformer, init)
     module = instantiate(cfg.module, denoiser=denoiser)
-    data = instantiate(cfg.data_module)
-
-    history = MetricHistory(cfg.outputs.plot, keys=LOGGED, every_n_steps=cfg.outputs.plot_every_n_steps)
-    cost = instantiate(cfg.cost)
-    callbacks = build_callbacks(cfg.callbacks, history, instantiate(cfg.checkpoint), instantiate(cfg.samples), cost)
-    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.logger), callbacks=callbacks)
-    for logger in trainer.loggers:  # the composed config: every run in W&B / CSV says how it was made
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.resume, cfg.run_dir))
+    trainer, history, cost = fit(cfg, module, instantiate(cfg.data_module))
 
     export_transformer(module.ema.module.transformer, cfg.run_dir)
-    metrics = {"init": cfg.init, "caption": cfg.caption, **final_metrics(trainer, module, history, time.perf_counter() - start)}
-    metrics["cost"] = cost.summary()
-    write_json(cfg.outputs.metrics, metrics)
-    print(f"{cfg.run_name}: {metrics}")
-    return metrics
+    return write_run_metrics(cfg, trainer, module, history, cost, start, init=cfg.init, caption=cfg.caption)
 
 
 if __name__ == "__main__":

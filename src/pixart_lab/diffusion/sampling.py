@@ -18,6 +18,7 @@ from diffusers import (
     DiffusionPipeline,
     DiTPipeline,
     DiTTransformer2DModel,
+    ModelMixin,
     PixArtAlphaPipeline,
     PixArtTransformer2DModel,
     SchedulerMixin,
@@ -108,13 +109,21 @@ def generate(
     return torch.as_tensor(images).float() * 2 - 1
 
 
-def export_pipeline(pipeline: DiffusionPipeline, directory: str | Path) -> Path:
-    """Write ``pipeline`` as a diffusers folder (atomically), transformer untied for safetensors."""
+def export_pipeline(
+    pipeline: DiffusionPipeline, directory: str | Path, extras: Mapping[str, ModelMixin] | None = None
+) -> Path:
+    """Write ``pipeline`` as a diffusers folder (atomically), transformer untied for safetensors.
+
+    ``extras`` are models saved in subfolders beside the pipeline's own (e.g. ``controlnet/``), in the
+    same atomic write; ``model_index.json`` does not list them, so plain diffusers loads the pipeline as is.
+    """
     components = dict(pipeline.components)
     components["transformer"] = untied_copy(components["transformer"])
     standalone = type(pipeline)(**components)
     with atomic_dir(directory) as tmp:
         standalone.save_pretrained(tmp)
+        for name, model in (extras or {}).items():
+            model.save_pretrained(tmp / name)
     return Path(directory)
 
 
