@@ -2,9 +2,9 @@
 
     python benchmarks/controlnet_step.py [--steps 20] [--batch 64] [--layers 3]
 
-Both arms run in this process on the embedded tiny backbone with random latents and captions, so their
-ratio holds on a busy machine too; multiply it by a stage-2 step time measured alone to size
-``conf/stage/controlnet.yaml``'s max_steps. Forward, hybrid loss, backward and AdamW step are timed.
+Both arms run in this process on the embedded tiny backbone with random latents and captions; forward,
+hybrid loss, backward and AdamW step are timed. Run it on a quiet machine: on one shared by many jobs
+the two arms see different contention (readings of 0.63x and 1.49x there, against 1.10x in FLOPs).
 """
 
 from __future__ import annotations
