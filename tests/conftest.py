@@ -64,3 +64,24 @@ def tiny_features(tiny_corpus, tiny_vae, tiny_text_encoder, tmp_path_factory) ->
                       shard_size=8, batch_size=4, progress=False)  # fmt: skip
     write_json(root / "manifest.json", {"vae": {"scaling_factor": 2.0}})
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_control_features(tiny_corpus, tiny_vae, tmp_path_factory) -> Path:
+    """Canny control latents of the tiny corpus' 64 px splits, keyed like ``tiny_features``."""
+    from functools import partial
+
+    from pixart_lab.data.control_features import encode_control_shard
+    from pixart_lab.data.edges import CannyEdges
+    from pixart_lab.data.features import SplitSpec, cache_split
+    from pixart_lab.data.readers import PixArtInfoReader
+    from pixart_lab.data.records import SkipReport
+    from pixart_lab.utils.io import write_json
+
+    root = tmp_path_factory.mktemp("tiny_control")
+    encode = partial(encode_control_shard, detector=CannyEdges(), vae=tiny_vae, report=SkipReport(), batch_size=8)
+    for split in ("train", "heldout"):
+        records = PixArtInfoReader(tiny_corpus / split / "data_info.json", key_prefix=f"{split}/").records()
+        cache_split(records, SplitSpec(split, 64), root / split, encode, shard_size=8, progress=False)
+    write_json(root / "manifest.json", {"vae": {"scaling_factor": 2.0}, "control": {"name": "canny"}})
+    return root

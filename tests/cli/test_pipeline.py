@@ -20,6 +20,7 @@ STAGES = (
     "train_vae", "train_text_encoder", "extract_features", "train_evaluators",
     "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "baseline_sd", "samples",
     "evaluate@stage1", "evaluate@stage2", "evaluate@stage3", "evaluate@baseline_sd", "report",
+    "extract_control", "train_controlnet", "evaluate_controlnet",
 )  # fmt: skip
 
 
@@ -165,6 +166,19 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "6 PixArt evaluations over 3 stages, 2 baseline evaluations" in text and "the baseline's final FID" in text
     assert sum("image/png" in o.get("data", {}) for cell in notebook.cells for o in cell.get("outputs", [])) == 2
+    # The ControlNet on the frozen stage-2 model: control latents, training, fidelity and export.
+    control = json.loads((clone / "metrics" / "control_features.json").read_text())
+    assert control["images"] == 256 + 64 and control["skipped"] == 0 and control["latent_round_trip"]["images"] == 64
+    assert json.loads((clone / "features_control" / "manifest.json").read_text())["control"]["name"] == "canny"
+    trained = json.loads((clone / "metrics" / "controlnet_train.json").read_text())
+    assert trained["steps"] == 4 and trained["base"] == "stage2" and trained["num_layers"] == 3
+    assert 0 < trained["trainable_parameters"] < trained["parameters"] and trained["cost"]["samples"] == 16
+    assert (clone / "checkpoints" / "controlnet" / "controlnet" / "diffusion_pytorch_model.safetensors").is_file()
+    fidelity = json.loads((clone / "metrics" / "controlnet.json").read_text())
+    for arm in ("controlled", "uncontrolled", "controlled_vs_other_edges"):
+        assert fidelity[arm]["images"] == 8 and 0 <= fidelity[arm]["f1"] <= 1 and 0 <= fidelity[arm]["iou"] <= 1
+    assert fidelity["export_max_abs_diff"] == 0 and (clone / "exports" / "pixart_controlnet" / "controlnet" / "config.json").is_file()
+    assert Image.open(clone / "plots" / "controlnet_samples.png").size == (4 * 66 + 2, 3 * 66 + 2)
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"

@@ -34,6 +34,15 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def publish(cfg: DictConfig, metrics: dict, loggers: list, prefix: str) -> None:
+    """Send the config and the numeric ``metrics`` (under ``prefix``) to every logger; write ``cfg.outputs.metrics``."""
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_metrics(flatten(metrics, prefix), step=0)
+        logger.finalize("success")
+    write_json(cfg.outputs.metrics, metrics)
+
+
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict:
     torch.set_num_threads(cfg.num_threads)
@@ -66,11 +75,7 @@ def main(cfg: DictConfig) -> dict:
     loggers = build_loggers(cfg.logger)
     save_grid(grid.float() / 127.5 - 1, cfg.outputs.grid, cfg.nrow, loggers)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        logger.log_metrics(flatten(metrics, "eval/"), step=0)
-        logger.finalize("success")
-    write_json(cfg.outputs.metrics, metrics)
+    publish(cfg, metrics, loggers, "eval/")
     print(f"evaluate {cfg.source}: {metrics}")
     return metrics
 

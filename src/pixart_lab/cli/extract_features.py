@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import pixart_lab.cli  # noqa: F401
-from pixart_lab.data.features import SplitSpec, extract_split
+from pixart_lab.data.features import SplitSpec, cache_summary, extract_split
 from pixart_lab.data.records import SkipReport
 from pixart_lab.models.text_encoder import FrozenTextEncoder
 from pixart_lab.models.vae import load_vae
@@ -49,16 +49,7 @@ def main(cfg: DictConfig) -> dict:
     }  # fmt: skip
     write_json(Path(feats.out_dir) / "manifest.json", manifest)
     report.write(Path(feats.out_dir) / "report.json")
-    computed = sum(s["computed_images"] for s in splits.values())
-    seconds = time.perf_counter() - start
-    metrics = {
-        "images": sum(s["count"] for s in splits.values()),
-        "skipped": report.total_skipped,
-        "computed_images": computed,
-        "images_per_second": round(computed / seconds, 1) if computed else None,
-        "seconds": round(seconds, 1),
-        "splits": splits,
-    }
+    metrics = cache_summary(splits, report, time.perf_counter() - start)
     write_json(cfg.outputs.metrics, metrics)
     print(f"features: {metrics['images']} images cached, {metrics['skipped']} skipped, "
           f"{metrics['images_per_second']} images/s")  # fmt: skip

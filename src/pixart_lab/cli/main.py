@@ -17,6 +17,9 @@ STAGES = {
     "evaluate": "pixart_lab.cli.evaluate",
     "compare_runs": "pixart_lab.cli.compare_runs",
     "report": "pixart_lab.cli.report",
+    "extract_control": "pixart_lab.cli.extract_control",
+    "train_controlnet": "pixart_lab.cli.train_controlnet",
+    "evaluate_controlnet": "pixart_lab.cli.evaluate_controlnet",
 }
 
 

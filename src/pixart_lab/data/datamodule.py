@@ -95,7 +95,8 @@ def collate(items: Sequence[dict], text_len: int | None = None) -> dict:
     for i, item in enumerate(items):
         n = min(length, item["caption_mask"].shape[0])
         emb[i, :n], mask[i, :n] = item["caption_emb"][:n], item["caption_mask"][:n]
-    batch = {k: torch.stack([item[k] for item in items]) for k in ("latent_mean", "latent_std", "label", "aesthetic", "hw")}
+    stacked = [k for k in items[0] if k not in ("caption_emb", "caption_mask", "index")]  # latents, labels, hw, control...
+    batch = {k: torch.stack([item[k] for item in items]) for k in stacked}
     batch.update(caption_emb=emb, caption_mask=mask, index=torch.tensor([item["index"] for item in items]))
     return batch
 
@@ -198,14 +199,15 @@ class FeatureDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"feature manifest not found: {path} (run the extract_features stage)")
         return json.loads(path.read_text())
 
-    def setup(self, stage: str | None = None) -> None:
+    def make_dataset(self, split: str, min_aesthetic: float | None = None) -> FeatureDataset:
         scaling = float(self.manifest["vae"]["scaling_factor"])
+        return FeatureDataset(self.features_dir / split, scaling, self.caption, min_aesthetic)
+
+    def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = FeatureDataset(
-                self.features_dir / self.train_split, scaling, self.caption, self.min_aesthetic
-            )
+            self.train_set = self.make_dataset(self.train_split, self.min_aesthetic)
         if self.val_split and self.val_set is None:
-            self.val_set = FeatureDataset(self.features_dir / self.val_split, scaling, self.caption)
+            self.val_set = self.make_dataset(self.val_split)
 
     def _loader(self, dataset: FeatureDataset, shuffle: bool) -> DataLoader:
         sampler = BucketBatchSampler(

@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -138,6 +139,10 @@ def encode_shard(
     return tensors, [r.key for r in kept]
 
 
+# Encodes one shard's records at one (height, width): tensors (first dimension = records kept) and their keys.
+ShardEncoder = Callable[[Sequence[Record], tuple[int, int]], tuple[dict[str, torch.Tensor], list[str]]]
+
+
 def extract_split(
     records: Sequence[Record],
     spec: SplitSpec,
@@ -152,6 +157,23 @@ def extract_split(
     on_shard_written: Callable[[Path], None] | None = None,
 ) -> dict:
     """Extract every missing shard of one split and write its index; return counts and throughput."""
+    encode = partial(
+        encode_shard, vae=vae, text_encoder=text_encoder, report=report, batch_size=batch_size, emb_dtype=emb_dtype
+    )
+    return cache_split(records, spec, out_dir, encode, shard_size, progress, on_shard_written, desc="features")
+
+
+def cache_split(
+    records: Sequence[Record],
+    spec: SplitSpec,
+    out_dir: str | Path,
+    encode: ShardEncoder,
+    shard_size: int = 1024,
+    progress: bool = True,
+    on_shard_written: Callable[[Path], None] | None = None,
+    desc: str = "cache",
+) -> dict:
+    """Write every missing shard ``encode`` makes of one split (atomically) and its index; counts and throughput."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = [
@@ -160,12 +182,12 @@ def extract_split(
         for i in range(0, len(group), shard_size)
     ]
     shards, computed_images, seconds = [], 0, 0.0
-    bar = tqdm(total=len(records), desc=f"features {spec.name}", unit="img", disable=not progress)
+    bar = tqdm(total=len(records), desc=f"{desc} {spec.name}", unit="img", disable=not progress)
     for bucket, size, index, chunk in plan:
         path = out_dir / shard_name(bucket, index)
         if not _shard_is_complete(path, len(chunk)):
             start = time.perf_counter()
-            tensors, keys = encode_shard(chunk, size, vae, text_encoder, report, batch_size, emb_dtype)
+            tensors, keys = encode(chunk, size)
             # One metadata entry: safetensors orders several entries arbitrarily, and equal shards
             # must be equal bytes (resume, DVC hashes).
             info = {"keys": keys, "bucket": bucket, "height": size[0], "width": size[1]}
@@ -186,4 +208,17 @@ def extract_split(
         "count": index["count"],
         "computed_images": computed_images,
         "images_per_second": round(computed_images / seconds, 1) if seconds else None,
+    }
+
+
+def cache_summary(splits: dict[str, dict], report: SkipReport, seconds: float) -> dict:
+    """A cache stage's metrics: images cached and skipped, images computed this run and their throughput."""
+    computed = sum(s["computed_images"] for s in splits.values())
+    return {
+        "images": sum(s["count"] for s in splits.values()),
+        "skipped": report.total_skipped,
+        "computed_images": computed,
+        "images_per_second": round(computed / seconds, 1) if computed else None,
+        "seconds": round(seconds, 1),
+        "splits": splits,
     }

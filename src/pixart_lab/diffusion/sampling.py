@@ -19,6 +19,7 @@ from diffusers import (
     DiffusionPipeline,
     DiTPipeline,
     DiTTransformer2DModel,
+    ModelMixin,
     PixArtAlphaPipeline,
     PixArtTransformer2DModel,
     SchedulerMixin,
@@ -136,14 +137,22 @@ def generate(
     return torch.as_tensor(images).float() * 2 - 1
 
 
-def export_pipeline(pipeline: DiffusionPipeline, directory: str | Path) -> Path:
-    """Write ``pipeline`` as a diffusers folder (atomically), its network untied for safetensors."""
+def export_pipeline(
+    pipeline: DiffusionPipeline, directory: str | Path, extras: Mapping[str, ModelMixin] | None = None
+) -> Path:
+    """Write ``pipeline`` as a diffusers folder (atomically), its network untied for safetensors.
+
+    ``extras`` are models saved in subfolders beside the pipeline's own (e.g. ``controlnet/``), in the
+    same atomic write; ``model_index.json`` does not list them, so plain diffusers loads the pipeline as is.
+    """
     components = dict(pipeline.components)
     network = "unet" if "unet" in components else "transformer"
     components[network] = untied_copy(components[network])
     standalone = type(pipeline)(**components)
     with atomic_dir(directory) as tmp:
         standalone.save_pretrained(tmp)
+        for name, model in (extras or {}).items():
+            model.save_pretrained(tmp / name)
     return Path(directory)
 
 

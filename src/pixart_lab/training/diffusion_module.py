@@ -121,7 +121,8 @@ class DiffusionModule(L.LightningModule):
         return int(loader_batch * self.trainer.accumulate_grad_batches * self.trainer.world_size)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.denoiser.parameters())
+        # Frozen parts (a ControlNet's base model) stay out of the optimiser, weight decay included.
+        optimizer = self.optimizer_factory([p for p in self.denoiser.parameters() if p.requires_grad])
         for group in optimizer.param_groups:
             group["lr"] = sqrt_scaled_lr(group["lr"], self.effective_batch_size(), self.base_batch_size)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, self.warmup_steps, None))

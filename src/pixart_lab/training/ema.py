@@ -28,12 +28,14 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """Average the trainable parameters; frozen ones (a ControlNet's base) never change, so neither do their copies."""
         decay = self.current_decay()
-        averaged = list(self.module.parameters())
-        current = [p.detach() for p in model.parameters()]
+        averaged, current = list(self.module.parameters()), list(model.parameters())
         if len(averaged) != len(current):
             raise ValueError(f"EMA holds {len(averaged)} parameters, the model {len(current)}")
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        pairs = [(mine, theirs.detach()) for mine, theirs in zip(averaged, current) if theirs.requires_grad]
+        if pairs:
+            torch._foreach_lerp_([m for m, _ in pairs], [t for _, t in pairs], 1.0 - decay)
         for mine, theirs in zip(self.module.buffers(), model.buffers()):
             mine.copy_(theirs)
         self.updates += 1
