@@ -129,10 +129,17 @@ class CaptionConditionalPixArt(Denoiser):
 
 
 def caption_conditional_pixart(
-    transformer: PixArtTransformer2DModel, text_encoder: str, max_length: int = 120
+    transformer: PixArtTransformer2DModel,
+    text_encoder: str,
+    max_length: int = 120,
+    text_encoder_dtype: str | None = None,
+    load_in_8bit: bool = False,
 ) -> CaptionConditionalPixArt:
-    """Wrap ``transformer`` with the null caption of the frozen text encoder at ``text_encoder``."""
-    encoder = FrozenTextEncoder.from_pretrained(text_encoder, max_length=max_length)
+    """Wrap ``transformer`` with the null caption of the frozen text encoder at ``text_encoder``
+    (loaded once, in ``text_encoder_dtype`` / 8 bits where configured: T5-XXL is 19 GB in float32)."""
+    encoder = FrozenTextEncoder.from_pretrained(
+        text_encoder, max_length=max_length, dtype=text_encoder_dtype, load_in_8bit=load_in_8bit
+    )
     if encoder.hidden_size != transformer.config.caption_channels:
         raise ValueError(
             f"model.caption_channels={transformer.config.caption_channels} but the text encoder at "
