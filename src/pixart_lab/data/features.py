@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from pixart_lab.data.buckets import aspect_ratio_table, closest_bucket
+from pixart_lab.data.buckets import bucket_table, closest_bucket
 from pixart_lab.data.records import Record, SkipReport
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
 from pixart_lab.models.text_encoder import FrozenTextEncoder
@@ -48,13 +48,13 @@ class SplitSpec:
 
     name: str
     size: int
-    aspect_ratios: Sequence[float] | None = None
+    aspect_ratios: Sequence[float] | str | None = None  # "pixart": PixArt's own table at `size` (256/512/1024)
     bucket_multiple: int = 8
 
     def buckets(self) -> dict[str, tuple[int, int]]:
         if not self.aspect_ratios:
             return {"1.0": (self.size, self.size)}
-        return aspect_ratio_table(self.size, self.aspect_ratios, self.bucket_multiple)
+        return bucket_table(self.size, self.aspect_ratios, self.bucket_multiple)
 
 
 def assign_buckets(records: Sequence[Record], spec: SplitSpec) -> dict[str, list[Record]]:
