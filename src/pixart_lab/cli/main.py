@@ -17,6 +17,7 @@ STAGES = {
     "evaluate": "pixart_lab.cli.evaluate",
     "compare_runs": "pixart_lab.cli.compare_runs",
     "convert_checkpoint": "pixart_lab.cli.convert_checkpoint",
+    "caption": "pixart_lab.cli.caption",
 }
 
 
