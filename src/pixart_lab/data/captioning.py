@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pixart_lab.data.readers import IMAGE_SUFFIXES, read_caption
 from pixart_lab.data.records import SkipReport
+from pixart_lab.utils.device import pick_device
 from pixart_lab.utils.hub import download_hint, dtype_kwargs, load_pretrained
 from pixart_lab.utils.io import atomic_write_bytes, write_json
 
@@ -47,7 +48,7 @@ class Captioner:
         min_new_tokens: int = 0,
         num_beams: int = 1,
         dtype: str | None = None,
-        device: str | None = None,
+        device: str | None = "auto",
     ):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -57,7 +58,7 @@ class Captioner:
             return processor, network
 
         self.processor, self.model = load_pretrained("Captioner", model, download_hint(model, "captioner.model", LLAVA), load)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(device)
         self.model.to(self.device).eval()
         self.prompt = prompt
         self.generation = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams, do_sample=False)

@@ -113,17 +113,17 @@ def encode_shard(
     images, kept = load_images(records, *size, report=report, progress=False)
     means, stds = [], []
     for i in range(0, len(images), batch_size):
-        batch = uint8_to_model_range(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
-        posterior = vae.encode(batch).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        batch = uint8_to_model_range(images[i : i + batch_size]).to(vae.device, vae.dtype)
+        posterior = vae.encode(batch.contiguous(memory_format=torch.channels_last)).latent_dist
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
     tensors = {"latent_mean": torch.cat(means).float().contiguous(), "latent_std": torch.cat(stds).float().contiguous()}
     captions = {"dense": [r.dense_caption for r in kept]}
     if all(r.sparse_caption for r in kept):
         captions["sparse"] = [r.sparse_caption for r in kept]
     for kind, texts in captions.items():
         batches = [
-            text_encoder.encode(texts[i : i + batch_size], pad_to_max_length=False)
+            tuple(x.cpu() for x in text_encoder.encode(texts[i : i + batch_size], pad_to_max_length=False))
             for i in range(0, len(texts), batch_size)
         ]
         # Each batch is padded to its own longest caption; pad them all to the shard's longest.
