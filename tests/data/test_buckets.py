@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pixart_lab.data.buckets import EMBEDDED_RATIOS, aspect_ratio_table, closest_bucket
+from pixart_lab.data.buckets import EMBEDDED_RATIOS, aspect_ratio_table, bucket_table, closest_bucket, pixart_aspect_ratio_table
 
 PIXART_LIKE_RATIOS = (0.25, 0.33, 0.5, 0.6, 0.75, 1.0, 1.33, 1.67, 2.0, 3.0, 4.0)
 
@@ -56,3 +56,30 @@ def test_invalid_inputs_are_rejected():
         aspect_ratio_table(128, (0.0,), 8)
     with pytest.raises(ValueError, match="empty"):
         closest_bucket(1, 1, {})
+
+
+@pytest.mark.parametrize(("base", "multiple"), [(256, 16), (512, 32), (1024, 64)])
+def test_pixarts_tables_agree_with_diffusers_and_add_its_seven_extreme_buckets(base, multiple):
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha
+
+    table = pixart_aspect_ratio_table(base)
+    binned = getattr(pipeline_pixart_alpha, f"ASPECT_RATIO_{base}_BIN")  # diffusers' inference bins
+    assert len(table) == 40 and table["1.0"] == (base, base) and table["4.0"] == (2 * base, base // 2)
+    assert {k: tuple(int(x) for x in v) for k, v in binned.items()} == {k: table[k] for k in binned}
+    assert sorted(set(table) - set(binned), key=float) == ["0.26", "0.27", "2.89", "3.11", "3.62", "3.75", "3.88"]
+    for key, (height, width) in table.items():
+        assert height % multiple == 0 and width % multiple == 0
+        assert 0.9 < height * width / base**2 < 1.1, (key, height, width)
+        assert key == str(round(height / width, 2))
+        assert closest_bucket(height, width, table) == key
+
+
+def test_split_specs_take_pixarts_table_by_name():
+    from pixart_lab.data.features import SplitSpec
+
+    assert SplitSpec("aesthetic", 1024, "pixart").buckets()["0.57"] == (768, 1344)
+    assert bucket_table(128, EMBEDDED_RATIOS, 8) == aspect_ratio_table(128, EMBEDDED_RATIOS, 8)
+    with pytest.raises(ValueError, match=r"PixArt's aspect-ratio tables exist for \(256, 512, 1024\) px, not 128"):
+        bucket_table(128, "pixart")
+    with pytest.raises(ValueError, match="aspect_ratios='square': expected 'pixart' or a list of ratios"):
+        bucket_table(128, "square")

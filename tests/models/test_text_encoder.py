@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import random
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 from transformers import T5EncoderModel
 
-from pixart_lab.models.text_encoder import FrozenTextEncoder, T5PretrainConfig, pretrain_t5
+from pixart_lab.models.text_encoder import FrozenTextEncoder, T5PretrainConfig, pretrain_t5, quantization_kwargs
 from pixart_lab.models.tokenizer import build_tokenizer
+from pixart_lab.utils.hub import MissingWeightsError
 
 TINY = dict(d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1, num_decoder_layers=1)
 
@@ -149,15 +151,56 @@ def test_loads_a_diffusers_pipeline_layout_and_casts_dtype(frozen, tmp_path):
     torch.testing.assert_close(explicit.encode(["red circle"])[0], frozen.encode(["red circle"])[0])
 
 
-def test_missing_weights_raise_a_clear_error_offline(monkeypatch, tmp_path):
+LAYOUT = (
+    "A local folder holds 'tokenizer/' and 'encoder/' (as the train_text_encoder stage writes them), 'tokenizer/' "
+    "and 'text_encoder/' (a PixArt diffusers pipeline), or a tokenizer beside a T5 config.json and weights."
+)
+
+
+def test_missing_weights_raise_one_clear_error_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(MissingWeightsError) as err:
         FrozenTextEncoder.from_pretrained("pixart-lab-missing/t5-nowhere")
-    message = str(err.value)
-    assert "pixart-lab-missing/t5-nowhere" in message and "offline" in message
-    assert "hf download google/t5-v1_1-xxl" in message
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        FrozenTextEncoder.from_pretrained(str(tmp_path / "no" / "such" / "dir"))
+    assert str(err.value) == (
+        "Text encoder 'pixart-lab-missing/t5-nowhere' is not available: not in the local Hugging Face cache, and "
+        "HF_HUB_OFFLINE=1 forbids downloading it. Download it once where there is network access "
+        "(`hf download pixart-lab-missing/t5-nowhere`) and set text_encoder.pretrained to the downloaded folder. " + LAYOUT
+    )
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(MissingWeightsError) as err:
+        FrozenTextEncoder.from_pretrained(str(missing))
+    assert str(err.value) == (
+        f"Text encoder '{missing}' is not available: no such file or folder. Check text_encoder.pretrained, or "
+        "download the weights once where there is network access (`hf download google/t5-v1_1-xxl`) and set "
+        "text_encoder.pretrained to the downloaded folder. " + LAYOUT
+    )
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="incomplete"):
+    with pytest.raises(MissingWeightsError) as err:
         FrozenTextEncoder.from_pretrained(str(tmp_path / "empty"))
+    assert str(err.value) == (
+        f"Text encoder '{tmp_path / 'empty'}' is not available: the folder lacks a tokenizer (tokenizer.json or "
+        f"spiece.model) in {tmp_path / 'empty'} and a T5 config.json in {tmp_path / 'empty'}. " + LAYOUT
+    )
+
+
+def test_eight_bit_falls_back_with_a_warning_without_bitsandbytes_or_cuda(monkeypatch, caplog):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with caplog.at_level(logging.WARNING):
+        assert quantization_kwargs(True) == {}
+    assert "8-bit loading needs bitsandbytes and a CUDA device (bitsandbytes not installed" in caplog.text
+    assert quantization_kwargs(False) == {}
+
+
+def test_eight_bit_uses_bitsandbytes_when_it_and_cuda_are_there(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    kwargs = quantization_kwargs(True)
+    assert kwargs["quantization_config"].load_in_8bit and kwargs["device_map"] == {"": 0}
+
+
+def test_from_config_reads_the_text_encoder_group(frozen, tmp_path):
+    frozen.save_pretrained(tmp_path / "te")
+    cfg = {"pretrained": str(tmp_path / "te"), "max_length": 32, "subfolder": None, "dtype": "bfloat16", "load_in_8bit": False}
+    loaded = FrozenTextEncoder.from_config(cfg)
+    assert loaded.max_length == 32 and next(loaded.encoder.parameters()).dtype == torch.bfloat16

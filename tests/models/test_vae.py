@@ -51,12 +51,6 @@ def test_a_few_steps_lower_the_reconstruction_loss():
     assert math.isfinite(loss["kl"].item()) and loss["kl"].item() >= 0
 
 
-def test_missing_vae_gives_a_clear_offline_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match=r"VAE 'nobody/no-such-vae' could not be loaded: give a local folder"):
-        load_vae("nobody/no-such-vae")
-
-
 def test_centring_zeroes_the_latent_mean_and_keeps_reconstructions():
     from pixart_lab.models.vae import build_vae, centre_latents
 

@@ -20,6 +20,8 @@ STAGES = {
     "extract_control": "pixart_lab.cli.extract_control",
     "train_controlnet": "pixart_lab.cli.train_controlnet",
     "evaluate_controlnet": "pixart_lab.cli.evaluate_controlnet",
+    "convert_checkpoint": "pixart_lab.cli.convert_checkpoint",
+    "caption": "pixart_lab.cli.caption",
 }
 
 

@@ -3,8 +3,9 @@
 A table maps a ratio key (``"0.5"``; ratio = height / width, as in PixArt's ``ASPECT_RATIO_1024``)
 to ``(height, width)`` with area close to ``base**2`` and both sides multiples of ``multiple``
 (the VAE downsampling factor times the patch size, so every bucket tiles into whole tokens).
-PixArt's own tables are fixed numbers for 256/512/1024; here they are generated for any base size
-so the embedded corpus can use the same mechanism at 128 px.
+PixArt's own tables (:func:`pixart_aspect_ratio_table`) are fixed shapes for 256 / 512 / 1024 px;
+:func:`aspect_ratio_table` generates tables for any base size, so the embedded corpus uses the same
+mechanism at 128 px.
 """
 
 from __future__ import annotations
@@ -13,8 +14,20 @@ import math
 from collections.abc import Mapping, Sequence
 
 # The embedded corpus's ratios: portrait 1:2 and 3:4, square, landscape 4:3 and 2:1.
-# (PixArt's full 0.25-4.0 tables are a separate, later addition beside this list.)
 EMBEDDED_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.33, 2.0)
+
+# PixArt-alpha's 40 training buckets at 1024 px (ASPECT_RATIO_1024 of diffusion/data/datasets/utils.py),
+# (height, width), sides multiples of 64, ratios 0.25 to 4; its 512 and 256 px tables are these shapes
+# halved and quartered. diffusers ships 33 of the 40 (ASPECT_RATIO_*_BIN, for inference-time binning:
+# it drops 0.26, 0.27, 2.89, 3.11, 3.62, 3.75, 3.88), so the training tables are kept here.
+PIXART_1024_SHAPES: tuple[tuple[int, int], ...] = (
+    (512, 2048), (512, 1984), (512, 1920), (512, 1856), (576, 1792), (576, 1728), (576, 1664), (640, 1600),
+    (640, 1536), (704, 1472), (704, 1408), (704, 1344), (768, 1344), (768, 1280), (832, 1216), (832, 1152),
+    (896, 1152), (896, 1088), (960, 1088), (960, 1024), (1024, 1024), (1024, 960), (1088, 960), (1088, 896),
+    (1152, 896), (1152, 832), (1216, 832), (1280, 768), (1344, 768), (1408, 704), (1472, 704), (1536, 640),
+    (1600, 640), (1664, 576), (1728, 576), (1792, 576), (1856, 512), (1920, 512), (1984, 512), (2048, 512),
+)  # fmt: skip
+PIXART_BASE_SIZES = (256, 512, 1024)
 
 
 def ratio_key(ratio: float) -> str:
@@ -44,6 +57,24 @@ def aspect_ratio_table(
             max(multiple, round(width / multiple) * multiple),
         )
     return table
+
+
+def pixart_aspect_ratio_table(base: int) -> dict[str, tuple[int, int]]:
+    """PixArt's ``ASPECT_RATIO_256`` / ``_512`` / ``_1024``: ``{ratio_key: (height, width)}``, keyed by
+    height / width rounded to two decimals, as PixArt spells its keys."""
+    if base not in PIXART_BASE_SIZES:
+        raise ValueError(f"PixArt's aspect-ratio tables exist for {PIXART_BASE_SIZES} px, not {base}")
+    factor = 1024 // base
+    return {ratio_key(round(h / w, 2)): (h // factor, w // factor) for h, w in PIXART_1024_SHAPES}
+
+
+def bucket_table(base: int, aspect_ratios: Sequence[float] | str, multiple: int = 8) -> dict[str, tuple[int, int]]:
+    """``aspect_ratios="pixart"``: PixArt's own table at ``base`` px; a list of ratios: generated tables."""
+    if aspect_ratios == "pixart":
+        return pixart_aspect_ratio_table(base)
+    if isinstance(aspect_ratios, str):
+        raise ValueError(f"aspect_ratios={aspect_ratios!r}: expected 'pixart' or a list of ratios")
+    return aspect_ratio_table(base, aspect_ratios, multiple)
 
 
 def closest_bucket(height: float, width: float, table: Mapping[str, tuple[int, int]]) -> str:

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from pixart_lab.data.buckets import aspect_ratio_table, closest_bucket
+from pixart_lab.data.buckets import bucket_table, closest_bucket
 from pixart_lab.data.records import Record, SkipReport
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
 from pixart_lab.models.text_encoder import FrozenTextEncoder
@@ -49,13 +49,13 @@ class SplitSpec:
 
     name: str
     size: int
-    aspect_ratios: Sequence[float] | None = None
+    aspect_ratios: Sequence[float] | str | None = None  # "pixart": PixArt's own table at `size` (256/512/1024)
     bucket_multiple: int = 8
 
     def buckets(self) -> dict[str, tuple[int, int]]:
         if not self.aspect_ratios:
             return {"1.0": (self.size, self.size)}
-        return aspect_ratio_table(self.size, self.aspect_ratios, self.bucket_multiple)
+        return bucket_table(self.size, self.aspect_ratios, self.bucket_multiple)
 
 
 def assign_buckets(records: Sequence[Record], spec: SplitSpec) -> dict[str, list[Record]]:
@@ -114,17 +114,17 @@ def encode_shard(
     images, kept = load_images(records, *size, report=report, progress=False)
     means, stds = [], []
     for i in range(0, len(images), batch_size):
-        batch = uint8_to_model_range(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
-        posterior = vae.encode(batch).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        batch = uint8_to_model_range(images[i : i + batch_size]).to(vae.device, vae.dtype)
+        posterior = vae.encode(batch.contiguous(memory_format=torch.channels_last)).latent_dist
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
     tensors = {"latent_mean": torch.cat(means).float().contiguous(), "latent_std": torch.cat(stds).float().contiguous()}
     captions = {"dense": [r.dense_caption for r in kept]}
     if all(r.sparse_caption for r in kept):
         captions["sparse"] = [r.sparse_caption for r in kept]
     for kind, texts in captions.items():
         batches = [
-            text_encoder.encode(texts[i : i + batch_size], pad_to_max_length=False)
+            tuple(x.cpu() for x in text_encoder.encode(texts[i : i + batch_size], pad_to_max_length=False))
             for i in range(0, len(texts), batch_size)
         ]
         # Each batch is padded to its own longest caption; pad them all to the shard's longest.

@@ -32,6 +32,7 @@ from transformers import T5EncoderModel
 
 from pixart_lab.data.scene import NUM_CLASSES, class_name
 from pixart_lab.models.denoisers import unmasked_context
+from pixart_lab.models.official_checkpoint import ORIGINAL_SUFFIXES, load_original_checkpoint
 from pixart_lab.models.text_encoder import FrozenTextEncoder
 from pixart_lab.models.vae import load_vae
 from pixart_lab.utils.io import atomic_dir, write_json
@@ -156,10 +157,13 @@ def export_pipeline(
     return Path(directory)
 
 
-def load_transformer(folder: Path) -> nn.Module:
-    """The diffusers model class named in ``folder/config.json`` (transformer or UNet), loaded from it."""
-    name = json.loads((Path(folder) / "config.json").read_text())["_class_name"]
-    return getattr(diffusers, name).from_pretrained(folder).eval()
+def load_transformer(source: Path) -> nn.Module:
+    """The diffusers model class named in ``source/config.json`` (transformer or UNet), loaded from it;
+    or the ``PixArtTransformer2DModel`` of an official original-layout ``.pth``."""
+    if Path(source).suffix in ORIGINAL_SUFFIXES:
+        return load_original_checkpoint(source).transformer
+    name = json.loads((Path(source) / "config.json").read_text())["_class_name"]
+    return getattr(diffusers, name).from_pretrained(source).eval()
 
 
 def save_noise_schedule(run_dir: str | Path, schedule: Mapping) -> None:
@@ -174,7 +178,7 @@ def load_noise_schedule(network_folder: str | Path) -> dict | None:
 
 
 def resolve_source(source: str, checkpoints_dir: str | Path) -> Path:
-    """A diffusers pipeline folder as given, else what ``resolve_init`` makes of a run name or folder."""
+    """A diffusers pipeline folder as given, else what ``resolve_init`` makes of a run name, a folder or a ``.pth``."""
     from pixart_lab.training.checkpoints import resolve_init
 
     if (Path(source) / "model_index.json").is_file():
@@ -192,8 +196,8 @@ def load_pipeline(
 
     A pipeline folder keeps its own components; only the sampler's class is swapped in, on the
     folder's own noise schedule (so an SD-style scaled-linear model stays scaled-linear). A bare
-    network folder (a run's EMA export) is assembled with the project's ``vae`` and
-    ``text_encoder`` configs and the configured ``scheduler`` on the run's recorded noise schedule.
+    network folder (a run's EMA export) or an official ``.pth`` is assembled with the project's ``vae``
+    and ``text_encoder`` configs and the configured ``scheduler`` on the run's recorded noise schedule.
     """
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
@@ -201,13 +205,13 @@ def load_pipeline(
         pipeline.scheduler = type(scheduler).from_config(pipeline.scheduler.config)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is neither a diffusers pipeline (model_index.json) nor a transformer folder")
+    if not (folder / "config.json").is_file() and folder.suffix not in ORIGINAL_SUFFIXES:
+        raise FileNotFoundError(f"{folder} is neither a diffusers pipeline (model_index.json), a transformer folder nor a .pth")
     transformer = load_transformer(folder)
     scheduler = with_noise_schedule(scheduler, load_noise_schedule(folder))
     encoder = None
     if not isinstance(transformer, DiTTransformer2DModel):
-        encoder = FrozenTextEncoder.from_pretrained(text_encoder["pretrained"], max_length=text_encoder["max_length"])
+        encoder = FrozenTextEncoder.from_config(text_encoder)
     vae_model = load_vae(vae["pretrained"], vae.get("subfolder"), vae.get("scaling_factor")).eval()
     id2label = {i: class_name(i) for i in range(NUM_CLASSES)}
     return assemble_pipeline(transformer, vae_model, scheduler, encoder, id2label)

@@ -25,10 +25,14 @@ from transformers import (
 )
 
 from pixart_lab.evaluation.attribute_probe import resize_images, to_unit_range
+from pixart_lab.utils.hub import MissingWeightsError, download_hint, load_pretrained
 from pixart_lab.utils.io import atomic_dir
 
 
-class EvaluatorMissingError(FileNotFoundError):
+CLIP_L14 = "openai/clip-vit-large-patch14"  # the CLIP of the paper's CLIP score
+
+
+class EvaluatorMissingError(MissingWeightsError):
     """An evaluator's weights are not available locally (and cannot be downloaded offline)."""
 
 
@@ -60,17 +64,15 @@ def build_clip(
 
 def load_clip(name_or_path: str | os.PathLike) -> tuple[CLIPModel, CLIPProcessor]:
     """A CLIP model and processor from a local folder or a hub name (cached, or online)."""
-    try:
-        model = CLIPModel.from_pretrained(name_or_path).eval()
-        processor = CLIPProcessor.from_pretrained(name_or_path)
-    except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise EvaluatorMissingError(
-            f"CLIP evaluator {name_or_path!s} not found locally"
-            + (" and HF_HUB_OFFLINE=1 forbids downloading it" if offline else "")
-            + "; run the train_evaluators stage, or give eval.clip a folder holding a CLIPModel"
-        ) from e
-    return model, processor
+    hint = download_hint(name_or_path, "eval.clip", CLIP_L14)
+    return load_pretrained(
+        "CLIP evaluator", name_or_path, hint + " For the embedded CLIP, run the train_evaluators stage.",
+        lambda local_only: (
+            CLIPModel.from_pretrained(name_or_path, local_files_only=local_only).eval(),
+            CLIPProcessor.from_pretrained(name_or_path, local_files_only=local_only),
+        ),
+        error=EvaluatorMissingError,
+    )  # fmt: skip
 
 
 def save_clip(model: CLIPModel, processor: CLIPProcessor, out_dir: str | os.PathLike) -> None:

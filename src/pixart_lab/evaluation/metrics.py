@@ -20,6 +20,7 @@ from pixart_lab.data.scene import Scene
 from pixart_lab.data.render import render_scene
 from pixart_lab.data.transforms import to_uint8_chw
 from pixart_lab.evaluation.clip_model import EvaluatorMissingError
+from pixart_lab.utils.hub import hub_offline, missing_weights_error
 
 
 class FidReference:
@@ -105,16 +106,13 @@ def _inception(inception_dir: str | os.PathLike | None, device: str) -> Callable
 
     folder = Path(inception_dir or "/tmp")
     weights = folder / "inception-2015-12-05.pt"
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("PIXART_OFFLINE") == "1"
-    if not weights.is_file() and offline:
-        raise EvaluatorMissingError(
-            f"clean-fid Inception weights not found at {weights}; download {inception_url} there "
-            "(or set eval.fid.inception_dir to the folder that holds them)"
-        )
+    fix = f"Download {inception_url} into {folder} (eval.fid.inception_dir), or run once with network access."
+    if not weights.is_file() and hub_offline():
+        raise missing_weights_error("clean-fid Inception", weights, fix, error=EvaluatorMissingError)
     try:
         model = InceptionV3W(str(folder), download=True).to(device).eval()
     except OSError as e:  # URLError is an OSError: no network, no weights
-        raise EvaluatorMissingError(f"clean-fid Inception weights not found at {weights} and {inception_url} is unreachable ({e})") from e
+        raise missing_weights_error("clean-fid Inception", weights, fix, reason=f"{inception_url} is unreachable ({e})", error=EvaluatorMissingError) from e
     return lambda x: model(x)
 
 

@@ -176,9 +176,12 @@ class CaptionConditionalUNet(CaptionConditioned):
         return self.unet(x_t, t, encoder_hidden_states=context).sample
 
 
-def null_caption(text_encoder: str, max_length: int, caption_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen text encoder's T5("") and its mask, checked against the network's caption width."""
-    encoder = FrozenTextEncoder.from_pretrained(text_encoder, max_length=max_length)
+def null_caption(
+    text_encoder: str, max_length: int, caption_channels: int, dtype: str | None = None, load_in_8bit: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen text encoder's T5("") and its mask, checked against the network's caption width
+    (the encoder loaded once, in ``dtype`` / 8 bits where configured: T5-XXL is 19 GB in float32)."""
+    encoder = FrozenTextEncoder.from_pretrained(text_encoder, max_length=max_length, dtype=dtype, load_in_8bit=load_in_8bit)
     if encoder.hidden_size != caption_channels:
         raise ValueError(
             f"the model reads {caption_channels}-dim caption tokens but the text encoder at {text_encoder} "
@@ -189,10 +192,15 @@ def null_caption(text_encoder: str, max_length: int, caption_channels: int) -> t
 
 
 def caption_conditional_pixart(
-    transformer: PixArtTransformer2DModel, text_encoder: str, max_length: int = 120
+    transformer: PixArtTransformer2DModel,
+    text_encoder: str,
+    max_length: int = 120,
+    text_encoder_dtype: str | None = None,
+    load_in_8bit: bool = False,
 ) -> CaptionConditionalPixArt:
     """Wrap ``transformer`` with the null caption of the frozen text encoder at ``text_encoder``."""
-    return CaptionConditionalPixArt(transformer, *null_caption(text_encoder, max_length, transformer.config.caption_channels))
+    caption = null_caption(text_encoder, max_length, transformer.config.caption_channels, text_encoder_dtype, load_in_8bit)
+    return CaptionConditionalPixArt(transformer, *caption)
 
 
 def caption_conditional_unet(unet: UNet2DConditionModel, text_encoder: str, max_length: int = 120) -> CaptionConditionalUNet:

@@ -13,10 +13,11 @@ keeps its encoder and freezes it, as PixArt freezes T5.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from pixart_lab.models.span_corruption import (
     span_corrupt,
 )
 from pixart_lab.models.tokenizer import sentinel_ids as tokenizer_sentinel_ids
+from pixart_lab.utils.hub import download_hint, dtype_kwargs, load_pretrained, missing_weights_error
 
 log = logging.getLogger(__name__)
 
@@ -233,33 +235,35 @@ def extract_encoder(model: T5ForConditionalGeneration) -> T5EncoderModel:
     return encoder.eval()
 
 
-def _env_offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+T5_XXL = "google/t5-v1_1-xxl"  # PixArt-alpha's text encoder (its encoder half)
+# What a local text-encoder folder holds; said in every "missing text encoder" error.
+LAYOUT_HINT = (
+    f"A local folder holds '{TOKENIZER_DIR}/' and '{ENCODER_DIR}/' (as the train_text_encoder stage writes them), "
+    "'tokenizer/' and 'text_encoder/' (a PixArt diffusers pipeline), or a tokenizer beside a T5 config.json "
+    "and weights."
+)
 
 
-def _dtype_kwargs(dtype: torch.dtype | str | None) -> dict:
-    if dtype is None:
+def quantization_kwargs(load_in_8bit: bool) -> dict:
+    """``from_pretrained`` arguments for 8-bit weights (bitsandbytes on a CUDA device), else none.
+
+    T5-XXL's encoder is 4.7B parameters: 19 GB in float32, 9.5 GB in bfloat16, ~5 GB in 8 bits. 8-bit
+    needs the ``bitsandbytes`` package and a CUDA device; without either the encoder loads unquantised
+    and a warning says why.
+    """
+    if not load_in_8bit:
         return {}
-    import transformers
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if not (has_bnb and torch.cuda.is_available()):
+        log.warning(
+            "text encoder: 8-bit loading needs bitsandbytes and a CUDA device (bitsandbytes %s, CUDA %s); "
+            "loading unquantised instead",
+            "installed" if has_bnb else "not installed", "available" if torch.cuda.is_available() else "not available",
+        )
+        return {}
+    from transformers import BitsAndBytesConfig
 
-    # transformers 5 renamed ``torch_dtype`` to ``dtype``; 4.x only knows the former.
-    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    return {key: dtype}
-
-
-def _weights_hint(name: str, subfolder: str | None) -> str:
-    return (
-        f"A local directory needs '{TOKENIZER_DIR}/' and '{ENCODER_DIR}/' (as FrozenTextEncoder.save_pretrained "
-        "and the text_encoder stage write them), or a tokenizer and a T5 config.json + weights side by side. "
-        "For the real encoder, download it once on a machine with network access, e.g. "
-        "`hf download google/t5-v1_1-xxl` or "
-        "`hf download PixArt-alpha/PixArt-XL-2-1024-MS --include 'text_encoder/*' 'tokenizer/*'` "
-        "(then pass subfolder='text_encoder'), and copy the Hugging Face cache here; "
-        f"looked for '{name}'" + (f" subfolder '{subfolder}'" if subfolder else "") + "."
-    )
+    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": torch.cuda.current_device()}}
 
 
 class FrozenTextEncoder(nn.Module):
@@ -339,6 +343,15 @@ class FrozenTextEncoder(nn.Module):
         return directory
 
     @classmethod
+    def from_config(cls, cfg: Mapping) -> FrozenTextEncoder:
+        """From a ``conf/text_encoder`` node: ``pretrained``, ``max_length``, optional ``subfolder``,
+        ``dtype`` and ``load_in_8bit``."""
+        return cls.from_pretrained(
+            cfg["pretrained"], max_length=cfg["max_length"], subfolder=cfg.get("subfolder"),
+            dtype=cfg.get("dtype"), load_in_8bit=bool(cfg.get("load_in_8bit", False)),
+        )  # fmt: skip
+
+    @classmethod
     def from_pretrained(
         cls,
         path_or_name: str | os.PathLike,
@@ -347,6 +360,7 @@ class FrozenTextEncoder(nn.Module):
         local_files_only: bool | None = None,
         subfolder: str | None = None,
         tokenizer_subfolder: str | None = None,
+        load_in_8bit: bool = False,
     ) -> FrozenTextEncoder:
         """Load from a local directory or a Hugging Face name, frozen.
 
@@ -354,59 +368,40 @@ class FrozenTextEncoder(nn.Module):
         encoder from ``{path}/{subfolder}`` if given, else ``{path}/encoder``, ``{path}/text_encoder``
         (a diffusers PixArt pipeline folder) or ``{path}``. Hub name (``google/t5-v1_1-xxl``, or
         ``PixArt-alpha/PixArt-XL-2-1024-MS`` with ``subfolder="text_encoder"``, whose tokenizer then
-        defaults to the ``tokenizer`` subfolder). ``local_files_only=None`` follows
-        ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` at call time. A name that cannot be resolved
-        raises ``FileNotFoundError`` naming it and how to get the weights.
+        defaults to the ``tokenizer`` subfolder), read from the local cache only when
+        ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set or ``local_files_only``.
+        ``load_in_8bit``: see :func:`quantization_kwargs`. Anything missing raises
+        ``MissingWeightsError`` naming what was tried and how to get the weights.
         """
         from transformers import AutoTokenizer
 
-        offline = _env_offline() if local_files_only is None else bool(local_files_only)
         name = os.fspath(path_or_name)
         path = Path(name).expanduser()
-        dtype_kwargs = _dtype_kwargs(dtype)
-
+        fix = download_hint(name, "text_encoder.pretrained", T5_XXL) + " " + LAYOUT_HINT
+        model_kwargs = {**dtype_kwargs(dtype), **quantization_kwargs(load_in_8bit)}
         if path.is_dir():
-            if tokenizer_subfolder:
-                tok_dir = path / tokenizer_subfolder
-            else:
-                tok_dir = path / TOKENIZER_DIR if (path / TOKENIZER_DIR).is_dir() else path
-            if subfolder:
-                enc_dir = path / subfolder
-            else:
-                enc_dir = next(
-                    (path / d for d in (ENCODER_DIR, "text_encoder") if (path / d / "config.json").is_file()), path
-                )
+            tok_dir = path / (tokenizer_subfolder or (TOKENIZER_DIR if (path / TOKENIZER_DIR).is_dir() else ""))
+            enc_dir = path / subfolder if subfolder else next(
+                (path / d for d in (ENCODER_DIR, "text_encoder") if (path / d / "config.json").is_file()), path
+            )
             missing = []
             if not any((tok_dir / f).is_file() for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json")):
                 missing.append(f"a tokenizer (tokenizer.json or spiece.model) in {tok_dir}")
             if not (enc_dir / "config.json").is_file():
                 missing.append(f"a T5 config.json in {enc_dir}")
             if missing:
-                raise FileNotFoundError(
-                    f"Text encoder directory {path} is incomplete: missing " + " and ".join(missing) + ". "
-                    + _weights_hint(name, subfolder)
-                )
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-            encoder = T5EncoderModel.from_pretrained(enc_dir, local_files_only=True, **dtype_kwargs)
+                raise missing_weights_error("Text encoder", name, LAYOUT_HINT, reason="the folder lacks " + " and ".join(missing))
+            sources = (tok_dir, "", enc_dir, "")
         else:
-            looks_local = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
-            if looks_local:
-                raise FileNotFoundError(
-                    f"Text encoder directory {path} does not exist. " + _weights_hint(name, subfolder)
-                )
-            tok_sub = tokenizer_subfolder or (TOKENIZER_DIR if subfolder else None)
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(
-                    name, subfolder=tok_sub or "", local_files_only=offline
-                )
-                encoder = T5EncoderModel.from_pretrained(
-                    name, subfolder=subfolder or "", local_files_only=offline, **dtype_kwargs
-                )
-            except (OSError, ValueError) as err:
-                mode = "offline (HF_HUB_OFFLINE / local_files_only)" if offline else "online"
-                raise FileNotFoundError(
-                    f"Text encoder '{name}' is not a local directory and could not be loaded {mode}: "
-                    f"{type(err).__name__}: {(str(err).splitlines() or [''])[0].rstrip('.')}. "
-                    + _weights_hint(name, subfolder)
-                ) from err
+            sources = (name, tokenizer_subfolder or (TOKENIZER_DIR if subfolder else ""), name, subfolder or "")
+
+        def load(local_only: bool) -> tuple[PreTrainedTokenizerBase, T5EncoderModel]:
+            local_only = local_only if local_files_only is None else bool(local_files_only)
+            tok_source, tok_sub, enc_source, enc_sub = sources
+            tokenizer = AutoTokenizer.from_pretrained(tok_source, subfolder=tok_sub, local_files_only=local_only)
+            encoder = T5EncoderModel.from_pretrained(enc_source, subfolder=enc_sub, local_files_only=local_only, **model_kwargs)
+            return tokenizer, encoder
+
+        component = f"Text encoder (subfolder {subfolder})" if subfolder else "Text encoder"
+        tokenizer, encoder = load_pretrained(component, name, fix, load)
         return cls(tokenizer, encoder, max_length=max_length)

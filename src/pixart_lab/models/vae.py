@@ -6,11 +6,12 @@ SD's 0.18215 plays; for a freshly trained VAE it is measured as 1 / std of poste
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
 from diffusers import AutoencoderKL
+
+from pixart_lab.utils.hub import download_hint, load_pretrained
 
 
 def build_vae(
@@ -35,23 +36,20 @@ def build_vae(
     )
 
 
-def load_vae(name_or_path: str, subfolder: str | None = None, scaling_factor: float | None = None) -> AutoencoderKL:
-    """Load a pretrained VAE (a local folder, or a hub name such as ``stabilityai/sd-vae-ft-ema``).
+SD_VAE = "stabilityai/sd-vae-ft-ema"  # PixArt-alpha's VAE (Stable Diffusion's, EMA fine-tuned)
 
-    Offline (``HF_HUB_OFFLINE=1`` or no network) a hub name that is not in the local cache raises
-    ``FileNotFoundError`` saying where to put the weights.
+
+def load_vae(name_or_path: str, subfolder: str | None = None, scaling_factor: float | None = None) -> AutoencoderKL:
+    """Load a pretrained VAE: a local ``save_pretrained`` folder or a hub name (``stabilityai/sd-vae-ft-ema``).
+
+    ``scaling_factor`` overrides the folder's (SD's VAE: 0.18215). Offline (``HF_HUB_OFFLINE=1``) a hub
+    name is read from the local cache only; anything missing raises ``MissingWeightsError``.
     """
-    local = os.path.isdir(name_or_path)
-    try:
-        vae = AutoencoderKL.from_pretrained(
-            name_or_path, subfolder=subfolder, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1"
-        )
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(
-            f"VAE '{name_or_path}'{f' (subfolder {subfolder})' if subfolder else ''} could not be loaded: "
-            "give a local folder written by save_pretrained, or download it once with network access "
-            f"(huggingface-cli download {name_or_path}). Cause: {e}"
-        ) from e
+    component = f"VAE (subfolder {subfolder})" if subfolder else "VAE"
+    vae = load_pretrained(
+        component, name_or_path, download_hint(name_or_path, "vae.pretrained", SD_VAE),
+        lambda local_only: AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder, local_files_only=local_only),
+    )  # fmt: skip
     if scaling_factor is not None:
         vae.register_to_config(scaling_factor=float(scaling_factor))
     return vae

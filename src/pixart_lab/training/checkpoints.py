@@ -1,4 +1,4 @@
-"""Checkpoint I/O between curriculum stages: initialise from an earlier stage, export, resume.
+"""Checkpoint I/O between curriculum stages: initialise from an earlier stage (or official weights), export, resume.
 
 A stage's folder ``checkpoints/<run>/`` holds Lightning's ``last.ckpt`` (weights, EMA, optimiser,
 loop and data-loader position: what ``resume=last`` continues from), ``transformer/`` (``unet/`` for
@@ -8,16 +8,26 @@ initialises from, and ``noise_schedule.json``, the schedule its samplers must us
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 from diffusers import ModelMixin
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pixart_lab.diffusion.sampling import untied_copy
+from pixart_lab.models.official_checkpoint import (
+    ORIGINAL_SUFFIXES,
+    diffusers_to_original,
+    load_original_checkpoint,
+    original_buffers_for,
+    original_to_diffusers,
+    read_original_checkpoint,
+    write_original_checkpoint,
+)
 from pixart_lab.utils.io import atomic_dir, atomic_save
 
 log = logging.getLogger(__name__)
@@ -25,6 +35,9 @@ log = logging.getLogger(__name__)
 TRANSFORMER_DIR = "transformer"
 NETWORK_DIRS = (TRANSFORMER_DIR, "unet")  # diffusers component names of the exported networks
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+BIN_WEIGHTS_FILE = "diffusion_pytorch_model.bin"
+WEIGHT_FILES = (WEIGHTS_FILE, f"{WEIGHTS_FILE}.index.json", BIN_WEIGHTS_FILE)
+ORIGINAL_BUFFERS_FILE = "original_buffers.safetensors"  # pos_embed and y_embedding of an imported .pth
 # New in stage 3 (PixArt-MS): the resolution / aspect-ratio embedders, zero-initialised at their
 # output so the stage-2 model's function is unchanged at the first step.
 MICRO_CONDITION_EMBEDDERS = ("resolution_embedder", "aspect_ratio_embedder")
@@ -43,25 +56,59 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def resolve_init(init: str | None, checkpoints_dir: str | Path) -> Path | None:
-    """``scratch``/None -> None; an earlier run's name -> its exported network; else a folder."""
+    """Where a stage's initial weights come from.
+
+    ``scratch``/None -> None; an official PixArt ``.pth`` -> that file; a diffusers pipeline folder ->
+    its ``transformer/`` (or ``unet/``); a diffusers model folder -> itself; else an earlier run's name
+    -> its exported network, ``checkpoints_dir/<run>/transformer`` (or ``unet``).
+    """
     if init in (None, "", "scratch"):
         return None
-    path = Path(init)
+    path = Path(init).expanduser()
+    if path.suffix in ORIGINAL_SUFFIXES:
+        if not path.is_file():
+            read_original_checkpoint(path)  # raises the missing-weights error naming the file
+        return path
     if not path.is_dir():
-        run = Path(checkpoints_dir) / init
-        path = next((run / d for d in NETWORK_DIRS if (run / d / WEIGHTS_FILE).is_file()), run / TRANSFORMER_DIR)
-    if not (path / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"init={init!r}: no transformer weights at {path / WEIGHTS_FILE} (run that stage first)")
+        path = Path(checkpoints_dir) / init
+    if (path / "model_index.json").is_file() or not (path / "config.json").is_file():
+        path = next((path / d for d in NETWORK_DIRS if (path / d / "config.json").is_file()), path / TRANSFORMER_DIR)
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"init={init!r}: no transformer weights ({', '.join(WEIGHT_FILES)}) in {path}; run that stage first, "
+            "or give an official .pth, a diffusers transformer folder or a pipeline folder"
+        )
     return path
 
 
+def read_transformer_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A diffusers-layout state dict from an official ``.pth`` (converted; its buffers dropped) or a
+    transformer folder (single or sharded safetensors, or ``.bin``)."""
+    path = Path(path)
+    if path.suffix in ORIGINAL_SUFFIXES:
+        state, buffers = original_to_diffusers(read_original_checkpoint(path))
+        log.info("%s: original layout converted; buffers %s not used (diffusers rebuilds the position table, "
+                 "the null caption is T5(''))", path, sorted(buffers))  # fmt: skip
+        return state
+    if (path / WEIGHTS_FILE).is_file():
+        return load_file(str(path / WEIGHTS_FILE))
+    index = path / f"{WEIGHTS_FILE}.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(str(path / shard)).items()}
+    if (path / BIN_WEIGHTS_FILE).is_file():
+        return torch.load(path / BIN_WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path}: no transformer weights ({', '.join(WEIGHT_FILES)})")
+
+
 def initialise_from(transformer: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Load the weights in ``path`` into ``transformer``; new micro-condition embedders start as no-ops.
+    """Load the weights at ``path`` (see :func:`read_transformer_weights`) into ``transformer``; new
+    micro-condition embedders start as no-ops.
 
     Shapes must agree; keys only in the target are allowed for the micro-condition embedders, any
     other missing or unexpected key is an error naming it.
     """
-    state = load_file(str(Path(path) / WEIGHTS_FILE))
+    state = read_transformer_weights(path)
     own = transformer.state_dict()
     wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
     if wrong:
@@ -78,6 +125,34 @@ def initialise_from(transformer: nn.Module, path: str | Path) -> dict[str, list[
                 nn.init.zeros_(module.bias)
     log.info("initialised from %s (%d tensors; %d new micro-condition tensors)", path, len(state), len(new))
     return {"loaded": sorted(state), "new": new}
+
+
+def import_original_checkpoint(path: str | Path, out_dir: str | Path, ema: bool = False, attention_head_dim: int = 72) -> Path:
+    """An official ``.pth`` as a diffusers transformer folder, its original buffers beside the weights
+    (``original_buffers.safetensors``), so :func:`export_original_checkpoint` gives back the same file."""
+    checkpoint = load_original_checkpoint(path, ema, attention_head_dim)
+    with atomic_dir(out_dir) as tmp:
+        checkpoint.transformer.save_pretrained(tmp)
+        save_file(checkpoint.buffers, str(tmp / ORIGINAL_BUFFERS_FILE))
+    return Path(out_dir)
+
+
+def export_original_checkpoint(folder: str | Path, path: str | Path, null_caption: torch.Tensor | None = None) -> Path:
+    """A diffusers transformer folder as an original-layout ``.pth`` (``{"state_dict": ...}``).
+
+    The buffers come from the folder's ``original_buffers.safetensors`` when it was imported from a
+    ``.pth``; otherwise the position table is rebuilt from the config and ``null_caption`` (the text
+    encoder's padded encoding of ``""``, 120 tokens) becomes ``y_embedding``.
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    if (folder / ORIGINAL_BUFFERS_FILE).is_file():
+        buffers = load_file(str(folder / ORIGINAL_BUFFERS_FILE))
+    elif null_caption is not None:
+        buffers = original_buffers_for(config, null_caption)
+    else:
+        raise ValueError(f"{folder} has no {ORIGINAL_BUFFERS_FILE}: give the null caption to write as y_embedding")
+    return write_original_checkpoint(diffusers_to_original(read_transformer_weights(folder), buffers), path)
 
 
 def export_network(network: ModelMixin, run_dir: str | Path, component: str = TRANSFORMER_DIR) -> Path:

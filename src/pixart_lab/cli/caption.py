@@ -1,0 +1,33 @@
+"""Stage `caption`: dense captions for a user's images by a vision-language model, before extract_features."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+import pixart_lab.cli  # noqa: F401
+from pixart_lab.data.captioning import caption_folder, write_data_info
+from pixart_lab.utils.io import write_json
+
+
+def caption(cfg: DictConfig) -> dict:
+    """Caption ``cfg.images_dir`` with ``cfg.captioner``; write the counts to ``cfg.outputs.metrics``."""
+    summary = caption_folder(cfg.images_dir, instantiate(cfg.captioner), cfg.batch_size, cfg.overwrite)
+    summary["model"] = str(cfg.captioner.model)
+    if cfg.data_info:
+        summary["data_info"] = [str(p) for p in write_data_info(cfg.images_dir)]
+    write_json(cfg.outputs.metrics, summary)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../../../conf", config_name="caption")
+def main(cfg: DictConfig) -> dict:
+    summary = caption(cfg)
+    print(f"caption: {summary['captioned']} captions written, {summary['already_captioned']} images already "
+          f"captioned, {summary['skipped']} skipped, of {summary['images']} images in {cfg.images_dir}")  # fmt: skip
+    return summary
+
+
+if __name__ == "__main__":
+    main()
