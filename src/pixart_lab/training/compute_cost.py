@@ -145,26 +145,29 @@ class ComputeCost(L.Callback):
                 self._excluded_kwh += max(0.0, after[0] - before[0])
                 self._excluded_kg += max(0.0, after[1] - before[1])
 
-    def _energy(self, final: bool = False) -> tuple[float, float, str]:
-        """Run totals ``(kWh, kg CO2eq, source)``: earlier sessions plus this one so far (``final``: stop the meter)."""
+    def _energy(self, final: bool = False, session_seconds: float | None = None) -> tuple[float, float, str]:
+        """Run totals ``(kWh, kg CO2eq, source)``: earlier sessions plus this one so far (``final``: stop
+        the meter); an analytic estimate spans ``session_seconds`` (default: read the clock now)."""
+        if session_seconds is None:
+            session_seconds = self._session_seconds()
         kwh, kg, sources = self.energy_kwh_before, self.emissions_kg_before, set(self.energy_sources)
         part = None
         if self._meter is not None:
             kwh_part, kg_part, source = self._meter.stop() if final else self._meter.read()
             if source == "analytic":  # the meter's estimate spans its whole session, measurement included
-                kwh_part, kg_part = self._analytic_energy()
+                kwh_part, kg_part = self._analytic_energy(session_seconds)
             else:
                 kwh_part, kg_part = max(0.0, kwh_part - self._excluded_kwh), max(0.0, kg_part - self._excluded_kg)
             part = (kwh_part, kg_part, source)
         elif self._session_start is not None:
-            part = (*self._analytic_energy(), "analytic")
+            part = (*self._analytic_energy(session_seconds), "analytic")
         if part is not None:
             kwh, kg = kwh + part[0], kg + part[1]
             sources.add(part[2])
         return kwh, kg, "+".join(sorted(sources)) or "analytic"
 
-    def _analytic_energy(self) -> tuple[float, float]:
-        hours = self._session_seconds() / 3600.0 * self.num_devices
+    def _analytic_energy(self, session_seconds: float) -> tuple[float, float]:
+        hours = session_seconds / 3600.0 * self.num_devices
         row = self.cfg.device(self._device())
         return analytic_energy(hours, row.tdp_watts, self.cfg.pue, self.cfg.grid_kg_per_kwh)
 
@@ -175,9 +178,10 @@ class ComputeCost(L.Callback):
 
     def summary(self) -> dict:
         """``cost_summary`` of the run so far, with ``paper``: the run beside the reference figures."""
-        energy_kwh, emissions_kg, source = self._energy()
+        session_seconds = self._session_seconds()  # one clock reading for the time and the energy
+        energy_kwh, emissions_kg, source = self._energy(session_seconds=session_seconds)
         report = cost_summary(
-            self.flops, self.samples, self.wall_seconds(), self.num_devices, self._device(),
+            self.flops, self.samples, self.wall_seconds_before + session_seconds, self.num_devices, self._device(),
             energy_kwh, emissions_kg, self.cfg, energy_source=source,
         )  # fmt: skip
         report = {**report, "paper": beside_paper(report, self.paper)}
@@ -189,8 +193,9 @@ class ComputeCost(L.Callback):
 
     def snapshot(self) -> dict[str, float]:
         """This run's totals so far, and the curriculum's (``prior_runs`` + this run) under ``curriculum_``."""
-        energy_kwh, emissions_kg, _ = self._energy()
-        hours = self.wall_seconds() / 3600.0 * self.num_devices
+        session_seconds = self._session_seconds()
+        energy_kwh, emissions_kg, _ = self._energy(session_seconds=session_seconds)
+        hours = (self.wall_seconds_before + session_seconds) / 3600.0 * self.num_devices
         price = self.cfg.device(self._device()).usd_per_hour
         own = {
             "flops": float(self.flops),
@@ -287,11 +292,12 @@ class ComputeCost(L.Callback):
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        energy_kwh, emissions_kg, source = self._energy()
+        session_seconds = self._session_seconds()
+        energy_kwh, emissions_kg, source = self._energy(session_seconds=session_seconds)
         return {
             "samples": self.samples,
             "flops_per_sample": self.flops_per_sample,
-            "wall_seconds": self.wall_seconds(),
+            "wall_seconds": self.wall_seconds_before + session_seconds,
             "energy_kwh": energy_kwh,
             "emissions_kg": emissions_kg,
             "energy_sources": source.split("+"),
