@@ -76,10 +76,11 @@ def generate(
     seed: int = 0,
     height: int | None = None,
     width: int | None = None,
+    negative_prompt: str = "",
 ) -> torch.Tensor:
     """Images in [-1, 1] (N x 3 x H x W) for prompts (PixArt) or class labels (DiT), from one seed.
 
-    PixArt: the negative prompt is ``""``, the condition that training's caption dropout uses;
+    PixArt: the default negative prompt ``""`` is the condition that training's caption dropout uses;
     resolution binning is off (its tables are for the official 256-1024 px models) and so is
     caption cleaning (the corpus captions are already clean, lower-case text).
     """
@@ -95,7 +96,7 @@ def generate(
     else:
         images = pipeline(
             prompt=[str(c) for c in conditions],
-            negative_prompt="",
+            negative_prompt=negative_prompt,
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
             height=height,
@@ -130,7 +131,27 @@ def resolve_source(source: str, checkpoints_dir: str | Path) -> Path:
 
     if (Path(source) / "model_index.json").is_file():
         return Path(source)
-    return resolve_init(source, checkpoints_dir)
+    try:
+        folder = resolve_init(source, checkpoints_dir, key="source")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error}, or give a diffusers pipeline folder (with model_index.json)") from None
+    if folder is None:
+        raise FileNotFoundError(f"source={source!r}: expected a run name, a transformer folder or a diffusers pipeline folder")
+    return folder
+
+
+# What a model was trained with; a sampler keeps these and brings its own solver settings.
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+
+
+def on_noise_schedule(scheduler: SchedulerMixin, trained: Mapping) -> SchedulerMixin:
+    """``scheduler`` (its class and solver settings) on the noise schedule recorded in ``trained``.
+
+    ``from_config`` of another sampler's config alone would fill the new class's own defaults,
+    e.g. DDIM's ``clip_sample=True``, which clips latent predictions to [-1, 1].
+    """
+    schedule = {key: trained[key] for key in NOISE_SCHEDULE_KEYS if key in trained}
+    return type(scheduler).from_config({**scheduler.config, **schedule})
 
 
 def load_pipeline(
@@ -141,15 +162,15 @@ def load_pipeline(
 ) -> DiffusionPipeline:
     """A pipeline from a diffusers pipeline folder (``model_index.json``) or a transformer folder.
 
-    A pipeline folder keeps its own components; only the sampler's class is swapped in, on the
-    folder's own noise schedule (so an SD-style scaled-linear model stays scaled-linear). A bare
+    A pipeline folder keeps its own components; the sampler is swapped in on the folder's own
+    noise schedule (so an SD-style scaled-linear model stays scaled-linear). A bare
     transformer folder (a run's EMA export) is assembled with the project's ``vae`` and
     ``text_encoder`` configs and the configured ``scheduler``.
     """
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         pipeline = DiffusionPipeline.from_pretrained(folder)
-        pipeline.scheduler = type(scheduler).from_config(pipeline.scheduler.config)
+        pipeline.scheduler = on_noise_schedule(scheduler, pipeline.scheduler.config)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
     if not (folder / "config.json").is_file():

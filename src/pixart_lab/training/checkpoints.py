@@ -40,15 +40,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def resolve_init(init: str | None, checkpoints_dir: str | Path) -> Path | None:
-    """``scratch``/None -> None; an earlier run's name -> its exported transformer; else a folder."""
+def resolve_init(init: str | None, checkpoints_dir: str | Path, key: str = "init") -> Path | None:
+    """``scratch``/None -> None; an earlier run's name -> its exported transformer; else a folder.
+
+    ``key`` is the setting the error message names.
+    """
     if init in (None, "", "scratch"):
         return None
     path = Path(init)
     if not path.is_dir():
         path = Path(checkpoints_dir) / init / TRANSFORMER_DIR
     if not (path / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"init={init!r}: no transformer weights at {path / WEIGHTS_FILE} (run that stage first)")
+        raise FileNotFoundError(f"{key}={init!r}: no transformer weights at {path / WEIGHTS_FILE} (run that stage first)")
     return path
 
 
