@@ -70,7 +70,7 @@ def demo_url(chromium, tiny_pipeline_folder, tmp_path_factory):
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
-        wait_until_serving(f"http://127.0.0.1:{port}/", process, log, timeout=240)
+        wait_until_serving(f"http://127.0.0.1:{port}/", process, log, timeout=600)  # minutes on a busy machine
         yield f"http://127.0.0.1:{port}/"
     finally:
         process.terminate()
