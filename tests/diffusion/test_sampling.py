@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tiny_models import tiny_denoiser
 
-from pixart_lab.diffusion.sampling import assemble_pipeline, export_pipeline, generate
+from pixart_lab.diffusion.sampling import assemble_pipeline, export_pipeline, generate, with_noise_schedule, resolve_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a sharp image of a large red circle in the centre on a white background", "two blue squares"]
@@ -70,3 +70,22 @@ def test_null_caption_matches_the_pipelines_empty_negative_prompt(tiny_vae, tiny
     torch.testing.assert_close(dropped["caption_emb"][0, :1], denoiser.null_caption_emb[:1])
     assert dropped["caption_emb"][0, 1:].abs().sum() == 0
     torch.testing.assert_close(dropped["caption_emb"][1], batch["caption_emb"][1])
+
+
+def test_a_swapped_sampler_keeps_its_own_settings_on_the_models_noise_schedule():
+    trained = dict(scheduler("dpm_solver").config, beta_schedule="scaled_linear", beta_end=0.012)  # an SD-style model
+    ddim = with_noise_schedule(scheduler("ddim"), trained)
+    assert type(ddim).__name__ == "DDIMScheduler"
+    assert (ddim.config.beta_schedule, ddim.config.beta_end) == ("scaled_linear", 0.012)
+    assert ddim.config.clip_sample is False  # conf/sampler/ddim.yaml; DDIM's own default would clip latents to [-1, 1]
+    assert type(ddim).from_config(trained).config.clip_sample is True
+
+
+def test_a_missing_source_names_the_path_it_looked_for(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_source("stage9", tmp_path)
+    assert str(error.value) == (
+        "source='stage9': no transformer weights (diffusion_pytorch_model.safetensors, diffusion_pytorch_model.safetensors.index.json, "
+        f"diffusion_pytorch_model.bin) in {tmp_path / 'stage9' / 'transformer'}; run that stage first, "
+        "or give an official .pth, a diffusers transformer folder or a pipeline folder"
+    )

@@ -22,6 +22,7 @@ STAGES = {
     "evaluate_controlnet": "pixart_lab.cli.evaluate_controlnet",
     "convert_checkpoint": "pixart_lab.cli.convert_checkpoint",
     "caption": "pixart_lab.cli.caption",
+    "demo": "pixart_lab.cli.demo",
 }
 
 

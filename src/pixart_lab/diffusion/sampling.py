@@ -86,17 +86,23 @@ def assemble_pipeline(
 
 
 def with_noise_schedule(scheduler: SchedulerMixin, schedule: Mapping | None) -> SchedulerMixin:
-    """``scheduler``'s sampler on the training noise ``schedule`` (``NOISE_SCHEDULE_KEYS``; None: as is)."""
+    """``scheduler`` (its class and solver settings) on the training noise ``schedule``: the
+    ``NOISE_SCHEDULE_KEYS`` it has, e.g. a trained pipeline's scheduler config (None: as is).
+
+    The sampler keeps its own settings: ``from_config`` of another sampler's config alone would fill
+    the class's defaults, e.g. DDIM's ``clip_sample=True``, which clips latent predictions to [-1, 1].
+    """
     if not schedule:
         return scheduler
     # As keyword arguments: keys in the config's ``_use_default_values`` would be dropped otherwise.
-    return type(scheduler).from_config(scheduler.config, **{k: schedule[k] for k in NOISE_SCHEDULE_KEYS})
+    overrides = {key: schedule[key] for key in NOISE_SCHEDULE_KEYS if key in schedule}
+    return type(scheduler).from_config(scheduler.config, **overrides)
 
 
-def condition_kwargs(pipeline: DiffusionPipeline, conditions: Sequence[str] | Sequence[int]) -> dict:
+def condition_kwargs(pipeline: DiffusionPipeline, conditions: Sequence[str] | Sequence[int], negative_prompt: str = "") -> dict:
     """The call arguments that condition ``pipeline`` on prompts (or DiT class labels).
 
-    PixArt: the negative prompt is ``""``, the condition that training's caption dropout uses;
+    The default negative prompt ``""`` is the condition that training's caption dropout uses. PixArt:
     resolution binning is off (its tables are for the official 256-1024 px models) and so is caption
     cleaning (the corpus captions are already clean, lower-case text). An SD pipeline around the
     project's T5 gets the embeddings its UNet was trained on (:func:`unmasked_context`); a real SD
@@ -106,12 +112,12 @@ def condition_kwargs(pipeline: DiffusionPipeline, conditions: Sequence[str] | Se
         return {"class_labels": [int(c) for c in conditions]}
     prompts = [str(c) for c in conditions]
     if isinstance(pipeline, PixArtAlphaPipeline):
-        return {"prompt": prompts, "negative_prompt": "", "clean_caption": False, "use_resolution_binning": False}
+        return {"prompt": prompts, "negative_prompt": negative_prompt, "clean_caption": False, "use_resolution_binning": False}
     if isinstance(pipeline, StableDiffusionPipeline) and isinstance(pipeline.text_encoder, T5EncoderModel):
         encoder = FrozenTextEncoder(pipeline.tokenizer, pipeline.text_encoder, pipeline.tokenizer.model_max_length)
         embed = lambda texts: unmasked_context(*encoder.encode(texts), encoder.max_length)  # noqa: E731
-        return {"prompt_embeds": embed(prompts), "negative_prompt_embeds": embed([""] * len(prompts))}
-    return {"prompt": prompts, "negative_prompt": [""] * len(prompts)}
+        return {"prompt_embeds": embed(prompts), "negative_prompt_embeds": embed([negative_prompt] * len(prompts))}
+    return {"prompt": prompts, "negative_prompt": [negative_prompt] * len(prompts)}
 
 
 @torch.no_grad()
@@ -123,12 +129,14 @@ def generate(
     seed: int = 0,
     height: int | None = None,
     width: int | None = None,
+    negative_prompt: str = "",
 ) -> torch.Tensor:
-    """Images in [-1, 1] (N x 3 x H x W) for prompts or class labels (DiT, at its own size), from one seed."""
+    """Images in [-1, 1] (N x 3 x H x W) for prompts or class labels (DiT, at its own size), from one
+    seed; ``negative_prompt`` replaces the empty caption on the unconditional side of guidance."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     size = {} if isinstance(pipeline, DiTPipeline) else {"height": height, "width": width}
     images = pipeline(
-        **condition_kwargs(pipeline, conditions),
+        **condition_kwargs(pipeline, conditions, negative_prompt),
         **size,
         num_inference_steps=steps,
         guidance_scale=guidance_scale,
@@ -183,7 +191,14 @@ def resolve_source(source: str, checkpoints_dir: str | Path) -> Path:
 
     if (Path(source) / "model_index.json").is_file():
         return Path(source)
-    return resolve_init(source, checkpoints_dir)
+    folder = resolve_init(source, checkpoints_dir, key="source")
+    if folder is None:
+        raise FileNotFoundError(f"source={source!r}: expected a run name, a transformer folder or a diffusers pipeline folder")
+    return folder
+
+
+# What a model was trained with; a sampler keeps these and brings its own solver settings.
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
 
 
 def load_pipeline(
@@ -202,7 +217,7 @@ def load_pipeline(
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         pipeline = DiffusionPipeline.from_pretrained(folder)
-        pipeline.scheduler = type(scheduler).from_config(pipeline.scheduler.config)
+        pipeline.scheduler = with_noise_schedule(scheduler, pipeline.scheduler.config)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
     if not (folder / "config.json").is_file() and folder.suffix not in ORIGINAL_SUFFIXES:

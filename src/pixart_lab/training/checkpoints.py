@@ -55,8 +55,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def resolve_init(init: str | None, checkpoints_dir: str | Path) -> Path | None:
-    """Where a stage's initial weights come from.
+def resolve_init(init: str | None, checkpoints_dir: str | Path, key: str = "init") -> Path | None:
+    """Where a stage's initial weights come from (``key``: the setting an error names).
 
     ``scratch``/None -> None; an official PixArt ``.pth`` -> that file; a diffusers pipeline folder ->
     its ``transformer/`` (or ``unet/``); a diffusers model folder -> itself; else an earlier run's name
@@ -75,7 +75,7 @@ def resolve_init(init: str | None, checkpoints_dir: str | Path) -> Path | None:
         path = next((path / d for d in NETWORK_DIRS if (path / d / "config.json").is_file()), path / TRANSFORMER_DIR)
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise FileNotFoundError(
-            f"init={init!r}: no transformer weights ({', '.join(WEIGHT_FILES)}) in {path}; run that stage first, "
+            f"{key}={init!r}: no transformer weights ({', '.join(WEIGHT_FILES)}) in {path}; run that stage first, "
             "or give an official .pth, a diffusers transformer folder or a pipeline folder"
         )
     return path

@@ -1,0 +1,1 @@
+"""The web demo: a Gradio page that generates with any run or exported diffusers pipeline."""
