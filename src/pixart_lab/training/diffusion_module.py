@@ -71,6 +71,12 @@ class DiffusionModule(L.LightningModule):
         self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
     ) -> dict[str, torch.Tensor]:
         """Batch-mean hybrid loss (and its parts) of ``denoiser`` at random timesteps."""
+        return {k: v.mean() for k, v in self.example_losses(denoiser, batch, generator, drop_conditions).items()}
+
+    def example_losses(
+        self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
+    ) -> dict[str, torch.Tensor]:
+        """Per-example hybrid loss (and its parts) of ``denoiser`` at random timesteps, each of shape [N]."""
         x0 = sample_latents(batch, generator)
         n = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=generator, device=self.device)
@@ -80,8 +86,7 @@ class DiffusionModule(L.LightningModule):
             batch = denoiser.drop_conditions(batch, drop)
         x_t = self.schedule.q_sample(x0, t, noise)
         output = denoiser(x_t, t, batch).float()  # the loss in float32, also under bf16/fp16 autocast
-        parts = hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
-        return {k: v.mean() for k, v in parts.items()}
+        return hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.diffusion_losses(self.denoiser, batch, self._generator(self.global_step), drop_conditions=True)
@@ -114,7 +119,8 @@ class DiffusionModule(L.LightningModule):
         return int(loader_batch * self.trainer.accumulate_grad_batches * self.trainer.world_size)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.denoiser.parameters())
+        # Frozen weights (a LoRA fine-tune's base model) are not the optimiser's: no decay, no state.
+        optimizer = self.optimizer_factory([p for p in self.denoiser.parameters() if p.requires_grad])
         for group in optimizer.param_groups:
             group["lr"] = sqrt_scaled_lr(group["lr"], self.effective_batch_size(), self.base_batch_size)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, self.warmup_steps, None))
