@@ -13,7 +13,7 @@ def test_unknown_stage_prints_the_stage_list(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["pixart-lab", "nope"])
     with pytest.raises(SystemExit) as e:
         entry.main()
-    assert "stages: corpus, train_vae, train_text_encoder, extract_features, train_evaluators, train_stage, reparam, sample, evaluate, compare_runs" in str(e.value)
+    assert "stages: corpus, train_vae, train_text_encoder, extract_features, train_evaluators, train_stage, reparam, sample, evaluate, compare_runs, dreambooth" in str(e.value)
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))

@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGES = (
     "train_vae", "train_text_encoder", "extract_features", "train_evaluators",
     "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "samples",
-    "evaluate@stage1", "evaluate@stage2", "evaluate@stage3",
+    "evaluate@stage1", "evaluate@stage2", "evaluate@stage3", "dreambooth",
 )  # fmt: skip
 
 
@@ -108,6 +108,20 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     exported = json.loads((clone / "metrics" / "eval_export.json").read_text())
     assert exported["fid"]["real_vs_real_floor"] == evaluations["stage3"]["fid"]["real_vs_real_floor"]
     assert exported["size"] == [128, 128] and exported["compositional"]["prompts"] == 18
+
+    # DreamBooth from stage 2: LoRA in diffusers' layout, base vs fine-tuned on the same prompts and seeds.
+    dreambooth = json.loads((clone / "metrics" / "dreambooth.json").read_text())
+    assert dreambooth["steps"] == 4 and dreambooth["subject_images"] == 6 and dreambooth["class_images"] == 6 * 2
+    assert dreambooth["identifier_pieces"] == ["▁", "s", "k", "s"]
+    lora = clone / "checkpoints" / "dreambooth" / "lora" / "pytorch_lora_weights.safetensors"
+    assert dreambooth["size_bytes"]["finetuned"] == lora.stat().st_size < dreambooth["size_bytes"]["base_transformer"]
+    assert 0 < dreambooth["trainable_parameters"] < dreambooth["parameters"] / 5
+    for model in ("base", "finetuned"):
+        assert -1 <= dreambooth["subject_fidelity"]["clip"][model] <= 1
+        assert set(dreambooth["prompt_fidelity"]["composition"][model]) == {"background", "probe_relation", "pixel_relation"}
+    assert dreambooth["class_prior"]["frechet_to_base_other_seeds"]["base"] > 0
+    assert (clone / "plots" / "dreambooth_loss.csv").read_text().startswith("step,loss,instance_loss,prior_loss")
+    assert Image.open(clone / "plots" / "dreambooth_samples.png").size == (150 + 6 * 130, 7 * 130)
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"

@@ -26,8 +26,7 @@ from pixart_lab.evaluation.compositional import compositional_accuracy
 from pixart_lab.evaluation.evaluators import CompositionalEvaluator
 from pixart_lab.evaluation.metrics import clean_fid, clip_score, frechet_distance, save_images
 from pixart_lab.training.images import save_grid
-from pixart_lab.training.wiring import build_loggers
-from pixart_lab.utils.io import write_json
+from pixart_lab.training.wiring import build_loggers, publish_metrics
 
 
 def fid_between(cfg: DictConfig, real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -39,17 +38,6 @@ def fid_between(cfg: DictConfig, real: torch.Tensor, fake: torch.Tensor) -> floa
             real_dir, fake_dir = save_images(real, Path(tmp) / "real"), save_images(fake, Path(tmp) / "fake")
             return clean_fid(real_dir, fake_dir, cfg.eval.fid.inception_dir)
     raise ValueError(f"eval.fid.backend={cfg.eval.fid.backend!r}: expected torchmetrics or clean_fid")
-
-
-def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``, numbers only (what experiment loggers take)."""
-    flat = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="evaluate")
@@ -95,9 +83,7 @@ def main(cfg: DictConfig) -> dict:
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        logger.log_metrics(flatten(metrics, "eval/"), step=0)
-        logger.finalize("success")
-    write_json(cfg.outputs.metrics, metrics)
+    publish_metrics(metrics, cfg.outputs.metrics, loggers, prefix="eval/", step=0)
     print(f"evaluate {cfg.source}: {metrics}")
     return metrics
 

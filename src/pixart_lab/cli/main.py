@@ -16,6 +16,7 @@ STAGES = {
     "sample": "pixart_lab.cli.sample",
     "evaluate": "pixart_lab.cli.evaluate",
     "compare_runs": "pixart_lab.cli.compare_runs",
+    "dreambooth": "pixart_lab.cli.dreambooth",
 }
 
 
