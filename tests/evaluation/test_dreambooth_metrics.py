@@ -95,3 +95,17 @@ def test_dino_features_load_from_a_local_folder(tmp_path):
     assert out.shape == (3, 16) and not torch.allclose(out[0], out[1])
     with pytest.raises(EvaluatorMissingError, match="DINO weights not found"):
         DinoImageFeatures.from_pretrained(str(tmp_path / "missing"))
+
+
+def test_probe_checks_are_not_scored_when_the_probe_failed_their_attributes():
+    from pixart_lab.evaluation.attribute_probe import CellProbe
+    from pixart_lab.evaluation.dreambooth import composition_scores
+
+    images = torch.cat([render(*CELLS["left of"]), render(*reversed(CELLS["left of"]))])
+    checks = [composition("left of")] * 2
+    torch.manual_seed(0)
+    probe = CellProbe().eval()  # untrained: whatever it reads, the scores must be fractions
+    scored = composition_scores(images, checks, probe, ["shape", "colour", "position", "background"])
+    assert scored["pixel_relation"] == 0.5 and 0 <= scored["probe_relation"] <= 1 and 0 <= scored["background"] <= 1
+    unscored = composition_scores(images, checks, probe, ["colour"])
+    assert unscored["probe_relation"] is None and unscored["background"] is None and unscored["pixel_relation"] == 0.5

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import hydra
 import torch
@@ -23,7 +22,7 @@ from pixart_lab.evaluation.dreambooth import (
     comparison_rows,
     compositions_from,
 )
-from pixart_lab.evaluation.evaluators import load_probe
+from pixart_lab.evaluation.evaluators import CompositionalEvaluator
 from pixart_lab.models.denoisers import caption_conditional_pixart, count_parameters
 from pixart_lab.models.identifier import identifier_pieces
 from pixart_lab.models.text_encoder import FrozenTextEncoder
@@ -79,9 +78,10 @@ def main(cfg: DictConfig) -> dict:
     images = {m: {k: generate(p, v, ev.seed) for k, v in prompt_sets.sets().items()} for m, p in pipelines.items()}
     floor = generate(base, prompt_sets.sets()["class"], ev.floor_seed)
     subject_images, _ = load_images(instance, cfg.data.image_size, cfg.data.image_size, progress=False)
+    evaluator = CompositionalEvaluator.load(cfg.eval.evaluators_dir)
     report = compare_models(
         images, floor, subject_images, prompt_sets, ClipImageFeatures.from_pretrained(cfg.eval.clip),
-        clip_score_model(cfg.eval.clip), load_probe(Path(cfg.eval.evaluators_dir) / "probe"),
+        clip_score_model(cfg.eval.clip), evaluator.probe, evaluator.valid_attributes,
         DinoImageFeatures.from_pretrained(ev.dino) if ev.dino else None,
     )  # fmt: skip
     rows = comparison_rows(subject_images, images, prompt_sets)

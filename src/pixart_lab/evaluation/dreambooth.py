@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -147,19 +147,32 @@ def probe_relation(detected: Sequence[DetectedObject], composition: Composition)
     return False
 
 
+# The probe attributes each check reads (validated on held-out images by train_evaluators).
+CHECK_ATTRIBUTES = {"background": ("background",), "probe_relation": ("shape", "colour", "position")}
+
+
 @torch.no_grad()
-def composition_scores(images: torch.Tensor, compositions: Sequence[Composition], probe: CellProbe) -> dict[str, float]:
-    """Accuracy of each check over ``images[i]`` generated for ``compositions[i]``."""
+def composition_scores(
+    images: torch.Tensor, compositions: Sequence[Composition], probe: CellProbe, valid_attributes: Collection[str]
+) -> dict[str, float | None]:
+    """Accuracy of each check over ``images[i]`` generated for ``compositions[i]``.
+
+    A probe check whose attributes failed the probe's validation is not scored (None).
+    """
     if len(images) != len(compositions):
         raise ValueError(f"{len(images)} images for {len(compositions)} compositional prompts")
     backgrounds = probe(images)["background"].argmax(-1).tolist()
     detections = probe.read(images)
     pixel = torch.cat([pixel_relation(images[i : i + 1], c) for i, c in enumerate(compositions)])
-    return {
+    scores = {
         "background": sum(list(BACKGROUNDS)[b] == c.background for b, c in zip(backgrounds, compositions)) / len(compositions),
         "probe_relation": sum(probe_relation(d, c) for d, c in zip(detections, compositions)) / len(compositions),
         "pixel_relation": float(pixel.float().mean()),
     }
+    for check, needed in CHECK_ATTRIBUTES.items():
+        if not set(needed) <= set(valid_attributes):
+            scores[check] = None
+    return scores
 
 
 def compositions_from(config: Sequence[Mapping]) -> list[Composition]:
@@ -199,6 +212,7 @@ def compare_models(
     clip_features: nn.Module,
     clip_score_fn,
     probe: CellProbe,
+    valid_attributes: Collection[str],
     dino_features: nn.Module | None = None,
 ) -> dict:
     """Subject fidelity, prompt fidelity and class-prior figures of every model in ``generations``.
@@ -227,7 +241,7 @@ def compare_models(
     for model in models:
         images = generations[model]
         prompt_fidelity["clip_score"][model] = clip_score(torch.cat([images["subject"], images["composition"]]), text, clip_score_fn)
-        prompt_fidelity["composition"][model] = composition_scores(images["composition"], compositions, probe)
+        prompt_fidelity["composition"][model] = composition_scores(images["composition"], compositions, probe, valid_attributes)
         drift["clip_score"][model] = clip_score(images["class"], sets["class"], clip_score_fn)
     # Every model's class images against the base model's from other seeds: the base's own value is
     # the seed-to-seed floor, a fine-tuned model's excess over it is its drift.
