@@ -25,7 +25,7 @@ def compose(overrides: list[str]) -> str:
            "out_dir: checkpoints/dreambooth/instance", "metrics: metrics/dreambooth.json", "max_steps: 400"]),
      (["finetune=full"], ["run_name: dreambooth_full", "_target_: pixart_lab.training.dreambooth.FullFineTune",
                           "metrics: metrics/dreambooth_full.json", "features_dir: checkpoints/dreambooth_full/features"]),
-     (["profile=smoke"], ["max_steps: 4", "per_prompt: 2", "images_per_prompt: 2"]),
+     (["profile=smoke"], ["max_steps: 4", "per_prompt: 1", "images_per_prompt: 1"]),
      (["subject=folder", "subject.root=/my/subject"], ["_target_: pixart_lab.data.readers.FolderReader", "root: /my/subject"])],
 )  # fmt: skip
 def test_dreambooth_config_composes_each_choice(overrides, expected):

@@ -14,6 +14,7 @@ from pixart_lab.data.dreambooth import (
     InstanceClassSampler,
     cache_features,
     class_prompt,
+    generate_class_images,
     write_image_folder,
 )
 
@@ -35,6 +36,21 @@ def test_class_prompt_removes_the_identifier_only():
     assert class_prompt("a sharp image of a large sks circle in the centre", "sks") == "a sharp image of a large circle in the centre"
     with pytest.raises(ValueError, match="does not contain the identifier 'sks'"):
         class_prompt("a large red circle", "sks")
+
+
+def test_class_images_are_generated_for_each_subject_caption_without_identifier(tmp_path):
+    from pixart_lab.data.records import Record
+
+    instance = [Record(f"s{i}", tmp_path / f"s{i}.png", f"a large sks circle in the {where}") for i, where in enumerate(("centre", "top left"))]
+    asked = []
+
+    def generate(prompts):
+        asked.extend(prompts)
+        return torch.randint(0, 256, (len(prompts), 3, 64, 64), dtype=torch.uint8)
+
+    records = generate_class_images(instance, "sks", 3, generate, tmp_path / "class")
+    assert asked == ["a large circle in the centre"] * 3 + ["a large circle in the top left"] * 3
+    assert [r.dense_caption for r in records] == asked and records[0].key == "class_0000.png"
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,20 @@ def test_diffusers_own_lora_loader_reads_the_file(trained_lora, tmp_path):
     assert torch.equal(outputs(model), outputs(trained_lora))
 
 
+def test_plain_peft_loading_as_the_readme_shows(trained_lora, tmp_path):
+    """The README's recipe for a plain diffusers PixArt pipeline: peft's public functions, no project code."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    save_lora(trained_lora, tmp_path)
+    transformer = base()  # pipe.transformer
+    with safe_open(str(tmp_path / "pytorch_lora_weights.safetensors"), "pt") as f:
+        config = {k.removeprefix("transformer."): v for k, v in json.loads(f.metadata()["lora_adapter_metadata"]).items()}
+        weights = {k.removeprefix("transformer."): f.get_tensor(k) for k in f.keys()}
+    inject_adapter_in_model(LoraConfig(**config), transformer)
+    set_peft_model_state_dict(transformer, weights)
+    assert torch.equal(outputs(transformer), outputs(trained_lora))
+
+
 def test_disabling_or_unloading_gives_back_the_base_model_exactly(trained_lora):
     reference, adapted = outputs(base()), outputs(trained_lora)
     set_lora_enabled(trained_lora, False)

@@ -11,7 +11,7 @@ from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 import pixart_lab.cli  # noqa: F401
-from pixart_lab.data.dreambooth import CLASS_SPLIT, INSTANCE_SPLIT, cache_features, class_prompt, write_image_folder
+from pixart_lab.data.dreambooth import CLASS_SPLIT, INSTANCE_SPLIT, cache_features, generate_class_images
 from pixart_lab.data.transforms import load_images
 from pixart_lab.diffusion.sampling import assemble_pipeline, generate_many, load_transformer
 from pixart_lab.evaluation.clip_model import ClipImageFeatures, clip_score_model
@@ -21,6 +21,7 @@ from pixart_lab.evaluation.dreambooth import (
     compare_models,
     comparison_rows,
     compositions_from,
+    generate_comparison,
 )
 from pixart_lab.evaluation.evaluators import CompositionalEvaluator
 from pixart_lab.models.denoisers import caption_conditional_pixart, count_parameters
@@ -52,8 +53,8 @@ def main(cfg: DictConfig) -> dict:
 
     # The subject images, and the base model's class images for the prior-preservation loss, as features.
     instance = instantiate(cfg.subject).records()
-    prompts = [class_prompt(r.dense_caption, cfg.identifier) for r in instance for _ in range(cfg.class_images.per_prompt)]
-    classes = write_image_folder(generate(base, prompts, cfg.class_images.seed), prompts, cfg.class_images.out_dir, "class")
+    classes = generate_class_images(instance, cfg.identifier, cfg.class_images.per_prompt,
+                                    lambda prompts: generate(base, prompts, cfg.class_images.seed), cfg.class_images.out_dir)  # fmt: skip
     cache_features({INSTANCE_SPLIT: instance, CLASS_SPLIT: classes}, cfg.features_dir, vae, text_encoder, cfg.data.image_size)
 
     strategy = instantiate(cfg.finetune.strategy)
@@ -75,8 +76,7 @@ def main(cfg: DictConfig) -> dict:
     prompt_sets = DreamBoothPrompts(f"{cfg.identifier} {cfg.class_noun}", cfg.class_noun, list(ev.templates),
                                     compositions_from(ev.compositions), ev.images_per_prompt)  # fmt: skip
     pipelines = {"base": base, "finetuned": assemble_pipeline(tuned, vae, scheduler, text_encoder)}
-    images = {m: {k: generate(p, v, ev.seed) for k, v in prompt_sets.sets().items()} for m, p in pipelines.items()}
-    floor = generate(base, prompt_sets.sets()["class"], ev.floor_seed)
+    images, floor = generate_comparison(pipelines, prompt_sets, generate, ev.seed, ev.floor_seed)
     subject_images, _ = load_images(instance, cfg.data.image_size, cfg.data.image_size, progress=False)
     evaluator = CompositionalEvaluator.load(cfg.eval.evaluators_dir)
     report = compare_models(

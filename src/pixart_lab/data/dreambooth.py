@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -49,6 +49,14 @@ def write_image_folder(images: torch.Tensor, captions: Sequence[str], out_dir: s
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp / f"{stem}_{i:04d}.png", **PNG_OPTIONS)
             (tmp / f"{stem}_{i:04d}.txt").write_text(caption)
     return FolderReader(out_dir).records()
+
+
+def generate_class_images(
+    instance: Sequence[Record], identifier: str, per_prompt: int, generate: Callable[[list[str]], torch.Tensor], out_dir: str | Path
+) -> list[Record]:
+    """The prior-preservation set: ``per_prompt`` base-model images of each subject caption without the identifier."""
+    prompts = [class_prompt(r.dense_caption, identifier) for r in instance for _ in range(per_prompt)]
+    return write_image_folder(generate(prompts), prompts, out_dir, "class")
 
 
 def cache_features(

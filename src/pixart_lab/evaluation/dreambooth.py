@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -202,6 +202,16 @@ class DreamBoothPrompts:
 
     def without_identifier(self, prompts: Sequence[str]) -> list[str]:
         return [p.replace(self.subject, self.class_noun) for p in prompts]
+
+
+def generate_comparison(
+    pipelines: Mapping[str, object], prompts: DreamBoothPrompts, generate: Callable, seed: int, floor_seed: int
+) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
+    """Every model's images of every prompt set from the same seeds, and the first (base) model's class
+    images from ``floor_seed``; ``generate(pipeline, prompts, seed)`` returns uint8 images."""
+    sets = prompts.sets()
+    images = {model: {name: generate(pipeline, texts, seed) for name, texts in sets.items()} for model, pipeline in pipelines.items()}
+    return images, generate(next(iter(pipelines.values())), sets["class"], floor_seed)
 
 
 def compare_models(
