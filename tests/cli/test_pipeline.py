@@ -116,8 +116,10 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     lora = clone / "checkpoints" / "dreambooth" / "lora" / "pytorch_lora_weights.safetensors"
     assert dreambooth["size_bytes"]["finetuned"] == lora.stat().st_size < dreambooth["size_bytes"]["base_transformer"]
     assert 0 < dreambooth["trainable_parameters"] < dreambooth["parameters"] / 5
+    fidelity = dreambooth["subject_fidelity"]
+    assert fidelity["clip_object"]["references"]["empty_backgrounds"] == 0  # nothing but background: no object
     for model in ("base", "finetuned"):
-        assert -1 <= dreambooth["subject_fidelity"]["clip"][model] <= 1
+        assert -1 <= fidelity["clip"][model] <= 1 and -1 <= fidelity["clip_object"][model] <= 1
         assert set(dreambooth["prompt_fidelity"]["composition"][model]) == {"background", "probe_relation", "pixel_relation"}
     assert dreambooth["class_prior"]["frechet_to_base_other_seeds"]["base"] > 0
     assert (clone / "plots" / "dreambooth_loss.csv").read_text().startswith("step,loss,instance_loss,prior_loss")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pixart_lab.data.scene import BACKGROUNDS, COLOURS
@@ -59,3 +60,18 @@ def test_bad_poses_and_rings_are_refused_by_name():
         StripedRing(colours=("gold", "cyan"))
     with pytest.raises(ValueError, match="even number of sectors"):
         StripedRing(sectors=5)
+
+
+def test_references_show_the_subject_and_what_must_score_lower(tmp_path):
+    subject = EmbeddedSubject(tmp_path, [{"row": 1, "col": 1}], "sks", "circle")
+    poses = [{"row": 2, "col": 0, "background": "grey"}, {"row": 0, "col": 1}]
+    refs = subject.references(poses)
+    assert set(refs) == {"subject_in_these_poses", "ring_recoloured", "empty_backgrounds", "plain_circle_subject_colours"}
+    assert all(images.shape == (2, 3, 64, 64) for images in refs.values())
+    assert torch.equal(refs["subject_in_these_poses"][0], subject.render([poses[0]])[0])
+    assert (refs["empty_backgrounds"][0] == torch.tensor(BACKGROUNDS["grey"], dtype=torch.uint8).view(3, 1, 1)).all()
+    recoloured = refs["ring_recoloured"][0].permute(1, 2, 0).reshape(-1, 3)
+    assert not any((recoloured == torch.tensor(COLOURS[c], dtype=torch.uint8)).all(1).any() for c in ("orange", "cyan"))
+    circle = refs["plain_circle_subject_colours"][1].permute(1, 2, 0).reshape(-1, 3)
+    assert (circle == torch.tensor(COLOURS["cyan"], dtype=torch.uint8)).all(1).sum() > 100  # pose 1: the second colour
+    assert "plain_ring_subject_colours" not in EmbeddedSubject(tmp_path, [{"row": 1, "col": 1}], "sks", "ring").references(poses)

@@ -109,3 +109,21 @@ def test_probe_checks_are_not_scored_when_the_probe_failed_their_attributes():
     assert scored["pixel_relation"] == 0.5 and 0 <= scored["probe_relation"] <= 1 and 0 <= scored["background"] <= 1
     unscored = composition_scores(images, checks, probe, ["colour"])
     assert unscored["probe_relation"] is None and unscored["background"] is None and unscored["pixel_relation"] == 0.5
+
+
+def test_object_features_remove_the_background_so_an_empty_image_scores_zero():
+    from pixart_lab.evaluation.dreambooth import ObjectFeatures, image_embeddings, plain_backgrounds
+
+    scene = render(*CELLS["above"])
+    empty = torch.full_like(scene, 245)  # the scene's white background alone
+    assert torch.equal(plain_backgrounds(scene), empty)
+    noisy = (scene.int() + torch.randint(-3, 4, scene.shape)).clamp(0, 255).to(torch.uint8)
+    assert (plain_backgrounds(noisy).int() - 245).abs().max() <= 3  # the border's median, not one pixel
+
+    class MeanColour(torch.nn.Module):  # a stand-in feature: mean RGB plus a constant
+        def forward(self, images):
+            return torch.cat([images.float().mean((2, 3)), torch.ones(len(images), 1)], 1)
+
+    objects = image_embeddings(ObjectFeatures(MeanColour()), torch.cat([scene, empty]))
+    assert objects[1].abs().max() == 0 and objects[0].norm() == pytest.approx(1.0)
+    assert mean_similarity(objects[1:], objects[:1]) == 0.0

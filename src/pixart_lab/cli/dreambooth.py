@@ -12,12 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import pixart_lab.cli  # noqa: F401
 from pixart_lab.data.dreambooth import CLASS_SPLIT, INSTANCE_SPLIT, cache_features, generate_class_images
+from pixart_lab.data.subject import EmbeddedSubject, pose_captions
 from pixart_lab.data.transforms import load_images
 from pixart_lab.diffusion.sampling import assemble_pipeline, generate_many, load_transformer
 from pixart_lab.evaluation.clip_model import ClipImageFeatures, clip_score_model
 from pixart_lab.evaluation.dreambooth import (
     DinoImageFeatures,
     DreamBoothPrompts,
+    ObjectFeatures,
     compare_models,
     comparison_rows,
     compositions_from,
@@ -52,7 +54,8 @@ def main(cfg: DictConfig) -> dict:
     generate = lambda pipeline, prompts, seed: generate_many(pipeline, prompts, cfg.generation_batch_size, seed, False, **sampling)  # noqa: E731
 
     # The subject images, and the base model's class images for the prior-preservation loss, as features.
-    instance = instantiate(cfg.subject).records()
+    subject = instantiate(cfg.subject)
+    instance = subject.records()
     classes = generate_class_images(instance, cfg.identifier, cfg.class_images.per_prompt,
                                     lambda prompts: generate(base, prompts, cfg.class_images.seed), cfg.class_images.out_dir)  # fmt: skip
     cache_features({INSTANCE_SPLIT: instance, CLASS_SPLIT: classes}, cfg.features_dir, vae, text_encoder, cfg.data.image_size)
@@ -73,17 +76,20 @@ def main(cfg: DictConfig) -> dict:
 
     # Base vs fine-tuned on the same prompts and seeds.
     ev = cfg.evaluation
-    prompt_sets = DreamBoothPrompts(f"{cfg.identifier} {cfg.class_noun}", cfg.class_noun, list(ev.templates),
+    prompt_sets = DreamBoothPrompts(f"{cfg.identifier} {cfg.class_noun}", cfg.class_noun, pose_captions(ev.poses, "{subject}"),
                                     compositions_from(ev.compositions), ev.images_per_prompt)  # fmt: skip
     pipelines = {"base": base, "finetuned": assemble_pipeline(tuned, vae, scheduler, text_encoder)}
     images, floor = generate_comparison(pipelines, prompt_sets, generate, ev.seed, ev.floor_seed)
     subject_images, _ = load_images(instance, cfg.data.image_size, cfg.data.image_size, progress=False)
     evaluator = CompositionalEvaluator.load(cfg.eval.evaluators_dir)
-    report = compare_models(
-        images, floor, subject_images, prompt_sets, ClipImageFeatures.from_pretrained(cfg.eval.clip),
-        clip_score_model(cfg.eval.clip), evaluator.probe, evaluator.valid_attributes,
-        DinoImageFeatures.from_pretrained(ev.dino) if ev.dino else None,
-    )  # fmt: skip
+    features = {"clip": ClipImageFeatures.from_pretrained(cfg.eval.clip)}
+    if ev.dino:
+        features["dino"] = DinoImageFeatures.from_pretrained(ev.dino)
+    features.update({f"{name}_object": ObjectFeatures(f) for name, f in list(features.items())})
+    # A rendered subject shows what the figures mean: a perfect generation, a recoloured ring, an empty image.
+    references = subject.references(ev.poses) if isinstance(subject, EmbeddedSubject) else None
+    report = compare_models(images, floor, subject_images, prompt_sets, features, clip_score_model(cfg.eval.clip),
+                            evaluator.probe, evaluator.valid_attributes, references)  # fmt: skip
     rows = comparison_rows(subject_images, images, prompt_sets)
     save_labelled_rows(rows, cfg.outputs.grid, loggers=trainer.loggers, key="dreambooth")
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from pixart_lab.data.dreambooth import write_image_folder
 from pixart_lab.data.records import Record
-from pixart_lab.data.scene import BACKGROUNDS, COLOURS, GRID, SIZE_FRACTION, SceneObject, position_words
+from pixart_lab.data.render import render_scene
+from pixart_lab.data.scene import BACKGROUNDS, COLOURS, GRID, SHAPES, SIZE_FRACTION, Scene, SceneObject, position_words
 from pixart_lab.data.transforms import to_uint8_chw
 
 CAPTION = "a sharp image of a {size} {subject} in the {position} on a {background} background"
@@ -90,10 +92,18 @@ class StripedRing:
         return image.reduce(supersample) if supersample > 1 else image
 
 
+def _pose(pose: Pose | Mapping) -> Pose:
+    return pose if isinstance(pose, Pose) else Pose(**pose)
+
+
 def subject_caption(pose: Pose, subject: str, template: str = CAPTION) -> str:
     """The corpus-style caption of ``pose`` with ``subject`` ("sks circle") as the object."""
     position = position_words(pose.placed(1, 1, subject))
     return template.format(size=pose.size, subject=subject, position=position, background=pose.background)
+
+
+def pose_captions(poses: Sequence[Pose | Mapping], subject: str, template: str = CAPTION) -> list[str]:
+    return [subject_caption(_pose(p), subject, template) for p in poses]
 
 
 class EmbeddedSubject:
@@ -112,12 +122,35 @@ class EmbeddedSubject:
         if not 1 <= len(poses) <= 16:
             raise ValueError(f"DreamBooth takes a handful of subject images (3-8 in the paper); got {len(poses)} poses")
         self.out_dir, self.size, self.template = Path(out_dir), int(size), template
-        self.poses = [p if isinstance(p, Pose) else Pose(**p) for p in poses]
+        self.poses = [_pose(p) for p in poses]
         self.ring = ring or StripedRing()
-        self.subject = f"{identifier} {class_noun}"
+        self.subject, self.class_noun = f"{identifier} {class_noun}", class_noun
+
+    def render(self, poses: Sequence[Pose | Mapping], ring: StripedRing | None = None) -> torch.Tensor:
+        """uint8 images [N, 3, size, size] of the ring (default: the subject's) in ``poses``."""
+        ring = ring or self.ring
+        return torch.stack([to_uint8_chw(ring.render(_pose(p), self.size)) for p in poses])
+
+    def references(self, poses: Sequence[Pose | Mapping]) -> dict[str, torch.Tensor]:
+        """Images that show what subject similarity means, in ``poses``: the subject itself (what a perfect
+        model draws), the ring recoloured, plain corpus shapes of the class noun in the subject's colours,
+        and the empty backgrounds."""
+        poses = [_pose(p) for p in poses]
+        others = tuple(c for c in COLOURS if c not in self.ring.colours)[:2]
+        refs = {
+            "subject_in_these_poses": self.render(poses),
+            "ring_recoloured": self.render(poses, replace(self.ring, colours=others)),
+            "empty_backgrounds": torch.stack([to_uint8_chw(Image.new("RGB", (self.size,) * 2, BACKGROUNDS[p.background])) for p in poses]),
+        }
+        if self.class_noun in SHAPES:
+            shapes = [replace(p.placed(self.size, self.size, self.class_noun), colour=self.ring.colours[i % 2]) for i, p in enumerate(poses)]
+            scenes = [Scene((o,), p.background, "clean", self.size, self.size, "single") for o, p in zip(shapes, poses)]
+            rng = np.random.default_rng(0)
+            refs[f"plain_{self.class_noun}_subject_colours"] = torch.stack([to_uint8_chw(render_scene(s, rng)) for s in scenes])
+        return refs
 
     def records(self) -> list[Record]:
         """Render every pose into ``out_dir`` (replacing what was there) and read the folder back."""
-        images = torch.stack([to_uint8_chw(self.ring.render(pose, self.size)) for pose in self.poses])
-        captions = [subject_caption(pose, self.subject, self.template) for pose in self.poses]
+        images = self.render(self.poses)
+        captions = pose_captions(self.poses, self.subject, self.template)
         return write_image_folder(images, captions, self.out_dir, "subject")
