@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> dict:
     scheduler = instantiate(cfg.sampler.scheduler)
     base = assemble_pipeline(load_transformer(base_dir), vae, scheduler, text_encoder)
     sampling = dict(steps=cfg.sampler.steps, guidance_scale=cfg.sampler.guidance_scale)
-    generate = lambda pipeline, prompts, seed: generate_many(pipeline, prompts, cfg.generation_batch_size, seed, False, **sampling)  # noqa: E731
+    generate = lambda pipeline, prompts, seed: generate_many(pipeline, prompts, cfg.generation_batch_size, seed, **sampling)  # noqa: E731
 
     # The subject images, and the base model's class images for the prior-preservation loss, as features.
     subject = instantiate(cfg.subject)
