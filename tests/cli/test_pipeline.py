@@ -20,7 +20,7 @@ STAGES = (
     "train_vae", "train_text_encoder", "extract_features", "train_evaluators",
     "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "baseline_sd", "samples",
     "evaluate@stage1", "evaluate@stage2", "evaluate@stage3", "evaluate@baseline_sd", "report",
-    "extract_control", "train_controlnet", "evaluate_controlnet",
+    "extract_control", "train_controlnet", "evaluate_controlnet", "dreambooth",
 )  # fmt: skip
 
 
@@ -179,6 +179,21 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
         assert fidelity[arm]["images"] == 8 and 0 <= fidelity[arm]["f1"] <= 1 and 0 <= fidelity[arm]["iou"] <= 1
     assert fidelity["export_max_abs_diff"] == 0 and (clone / "exports" / "pixart_controlnet" / "controlnet" / "config.json").is_file()
     assert Image.open(clone / "plots" / "controlnet_samples.png").size == (4 * 66 + 2, 3 * 66 + 2)
+    # DreamBooth from stage 2: LoRA in diffusers' layout, base vs fine-tuned on the same prompts and seeds.
+    dreambooth = json.loads((clone / "metrics" / "dreambooth.json").read_text())
+    assert dreambooth["steps"] == 4 and dreambooth["subject_images"] == 6 and dreambooth["class_images"] == 6
+    assert dreambooth["identifier_pieces"] == ["▁", "s", "k", "s"]
+    lora = clone / "checkpoints" / "dreambooth" / "lora" / "pytorch_lora_weights.safetensors"
+    assert dreambooth["size_bytes"]["finetuned"] == lora.stat().st_size < dreambooth["size_bytes"]["base_transformer"]
+    assert 0 < dreambooth["trainable_parameters"] < dreambooth["parameters"] / 5
+    fidelity = dreambooth["subject_fidelity"]
+    assert fidelity["clip_object"]["references"]["empty_backgrounds"] == 0  # nothing but background: no object
+    for model in ("base", "finetuned"):
+        assert -1 <= fidelity["clip"][model] <= 1 and -1 <= fidelity["clip_object"][model] <= 1
+        assert set(dreambooth["prompt_fidelity"]["composition"][model]) == {"background", "probe_relation", "pixel_relation"}
+    assert dreambooth["class_prior"]["frechet_to_base_other_seeds"]["base"] > 0
+    assert (clone / "plots" / "dreambooth_loss.csv").read_text().startswith("step,loss,instance_loss,prior_loss")
+    assert Image.open(clone / "plots" / "dreambooth_samples.png").size == (150 + 6 * 130, 7 * 130)  # subject | 3 x (base, tuned)
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"

@@ -111,6 +111,8 @@ def generate(page, seed: int) -> None:
 def test_typing_a_prompt_and_generating_shows_an_image_of_the_chosen_size(page):
     page.locator("#prompt textarea").fill(PROMPT)
     choose(page, "sampler", "SA-Solver")
+    # picking a sampler sets its configured steps (conf/sampler/sa_solver.yaml: 25): wait for that first
+    page.wait_for_function("() => document.querySelector('#steps input[type=number]').value === '25'")
     page.locator("#steps input[type=number]").fill("4")
     page.locator("#steps input[type=number]").press("Enter")
     choose(page, "size", "88x184")  # height x width: a landscape bucket

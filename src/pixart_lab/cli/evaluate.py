@@ -13,34 +13,13 @@ import hydra
 import torch
 from diffusers import DiTPipeline
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import pixart_lab.cli  # noqa: F401
 from pixart_lab.diffusion.sampling import generate_many, load_pipeline, resolve_source
 from pixart_lab.evaluation.suite import HeldOutHalves, QualitySuite
 from pixart_lab.training.images import save_grid
-from pixart_lab.training.wiring import build_loggers
-from pixart_lab.utils.io import write_json
-
-
-def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``, numbers only (what experiment loggers take)."""
-    flat = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def publish(cfg: DictConfig, metrics: dict, loggers: list, prefix: str) -> None:
-    """Send the config and the numeric ``metrics`` (under ``prefix``) to every logger; write ``cfg.outputs.metrics``."""
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        logger.log_metrics(flatten(metrics, prefix), step=0)
-        logger.finalize("success")
-    write_json(cfg.outputs.metrics, metrics)
+from pixart_lab.training.wiring import build_loggers, publish_metrics
 
 
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="evaluate")
@@ -75,7 +54,7 @@ def main(cfg: DictConfig) -> dict:
     loggers = build_loggers(cfg.logger)
     save_grid(grid.float() / 127.5 - 1, cfg.outputs.grid, cfg.nrow, loggers)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
-    publish(cfg, metrics, loggers, "eval/")
+    publish_metrics(metrics, cfg.outputs.metrics, loggers, prefix="eval/", step=0, config=cfg)
     print(f"evaluate {cfg.source}: {metrics}")
     return metrics
 

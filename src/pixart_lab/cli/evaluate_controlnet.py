@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import pixart_lab.cli  # noqa: F401
-from pixart_lab.cli.evaluate import publish
 from pixart_lab.data.edges import control_image
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
 from pixart_lab.diffusion.control_sampling import (
@@ -23,7 +22,7 @@ from pixart_lab.diffusion.sampling import load_pipeline, resolve_source
 from pixart_lab.evaluation.control_fidelity import control_fidelity
 from pixart_lab.models.controlnet import PixArtControlNet
 from pixart_lab.training.images import save_grid
-from pixart_lab.training.wiring import build_loggers
+from pixart_lab.training.wiring import build_loggers, publish_metrics
 
 
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="evaluate_controlnet")
@@ -63,7 +62,7 @@ def main(cfg: DictConfig) -> dict:
         again = generate_many_with_control(reloaded, reloaded_controlnet, prompts[:n], control[:n], n, progress=False, **sampling)
         metrics.update(export_dir=cfg.export_dir, export_max_abs_diff=int((again.int() - controlled[:n].int()).abs().max()))
     metrics["seconds"] = round(time.perf_counter() - start, 1)
-    publish(cfg, metrics, loggers, "controlnet/")
+    publish_metrics(metrics, cfg.outputs.metrics, loggers, prefix="controlnet/", step=0, config=cfg)
     print(f"evaluate_controlnet: {metrics}")
     return metrics
 

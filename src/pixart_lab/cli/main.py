@@ -23,6 +23,7 @@ STAGES = {
     "convert_checkpoint": "pixart_lab.cli.convert_checkpoint",
     "caption": "pixart_lab.cli.caption",
     "demo": "pixart_lab.cli.demo",
+    "dreambooth": "pixart_lab.cli.dreambooth",
 }
 
 

@@ -95,7 +95,9 @@ def collate(items: Sequence[dict], text_len: int | None = None) -> dict:
     for i, item in enumerate(items):
         n = min(length, item["caption_mask"].shape[0])
         emb[i, :n], mask[i, :n] = item["caption_emb"][:n], item["caption_mask"][:n]
-    stacked = [k for k in items[0] if k not in ("caption_emb", "caption_mask", "index")]  # latents, labels, hw, control...
+    stacked = [  # latents, labels, hw, control...: the items' other tensors
+        k for k, v in items[0].items() if isinstance(v, torch.Tensor) and k not in ("caption_emb", "caption_mask", "index")
+    ]
     batch = {k: torch.stack([item[k] for item in items]) for k in stacked}
     batch.update(caption_emb=emb, caption_mask=mask, index=torch.tensor([item["index"] for item in items]))
     return batch

@@ -276,9 +276,11 @@ class ComputeCost(L.Callback):
         if self._counter is not None:  # no optimiser step ran: nothing measured
             self._pause_counter()
         self._counted_flops, self._counted_samples = 0, 0
-        self.energy_kwh_before, self.emissions_kg_before, source = self._energy(final=True)
+        session_seconds = self._session_seconds()  # one clock reading for the time and the energy
+        self.energy_kwh_before, self.emissions_kg_before, source = self._energy(final=True, session_seconds=session_seconds)
         self.energy_sources = set(source.split("+"))
-        self.wall_seconds_before, self._session_start, self._meter = self.wall_seconds(), None, None
+        self.wall_seconds_before += session_seconds
+        self._session_start, self._meter = None, None
         self._excluded_seconds, self._excluded_kwh, self._excluded_kg = 0.0, 0.0, 0.0
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -74,7 +74,13 @@ class DiffusionModule(L.LightningModule):
     def diffusion_losses(
         self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
     ) -> dict[str, torch.Tensor]:
-        """Batch-mean hybrid loss (and its parts) of ``denoiser`` at random timesteps."""
+        """Batch-mean loss (and its parts) of ``denoiser`` at random timesteps."""
+        return {k: v.mean() for k, v in self.example_losses(denoiser, batch, generator, drop_conditions).items()}
+
+    def example_losses(
+        self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
+    ) -> dict[str, torch.Tensor]:
+        """Per-example loss (hybrid, or L_simple for a fixed variance; and its parts) of ``denoiser`` at random timesteps, each of shape [N]."""
         x0 = sample_latents(batch, generator)
         n = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=generator, device=self.device)
@@ -85,10 +91,8 @@ class DiffusionModule(L.LightningModule):
         x_t = self.schedule.q_sample(x0, t, noise)
         output = denoiser(x_t, t, batch).float()  # the loss in float32, also under bf16/fp16 autocast
         if self.learned_variance:
-            parts = hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
-        else:
-            parts = simple_loss(output, noise.float())
-        return {k: v.mean() for k, v in parts.items()}
+            return hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
+        return simple_loss(output, noise.float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.diffusion_losses(self.denoiser, batch, self._generator(self.global_step), drop_conditions=True)
@@ -121,7 +125,7 @@ class DiffusionModule(L.LightningModule):
         return int(loader_batch * self.trainer.accumulate_grad_batches * self.trainer.world_size)
 
     def configure_optimizers(self):
-        # Frozen parts (a ControlNet's base model) stay out of the optimiser, weight decay included.
+        # Frozen weights (a ControlNet's base model, a LoRA fine-tune's base) stay out of the optimiser, weight decay included.
         optimizer = self.optimizer_factory([p for p in self.denoiser.parameters() if p.requires_grad])
         for group in optimizer.param_groups:
             group["lr"] = sqrt_scaled_lr(group["lr"], self.effective_batch_size(), self.base_batch_size)

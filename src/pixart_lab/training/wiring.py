@@ -9,7 +9,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def wandb_logged_in() -> bool:
@@ -41,3 +41,29 @@ def build_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
 def build_callbacks(callbacks_cfg: DictConfig | None, *extra: Callback) -> list[Callback]:
     """Instantiate every callback configured under ``callbacks`` and append ``extra`` ones."""
     return [*(instantiate(conf) for conf in configured_entries(callbacks_cfg)), *extra]
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``, numbers only (what experiment loggers take)."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def publish_metrics(
+    metrics: dict, path: str | Path, loggers: list[Logger], prefix: str, step: int, config: DictConfig | None = None
+) -> None:
+    """Log ``metrics`` (flattened under ``prefix``) and the run's ``config`` to every logger, close
+    them, and write the JSON file."""
+    from pixart_lab.utils.io import write_json
+
+    for logger in loggers:
+        if config is not None:
+            logger.log_hyperparams(OmegaConf.to_container(config, resolve=True))
+        logger.log_metrics(flatten(metrics, prefix), step=step)
+        logger.finalize("success")
+    write_json(path, metrics)
