@@ -64,3 +64,12 @@ def tiny_features(tiny_corpus, tiny_vae, tiny_text_encoder, tmp_path_factory) ->
                       shard_size=8, batch_size=4, progress=False)  # fmt: skip
     write_json(root / "manifest.json", {"vae": {"scaling_factor": 2.0}})
     return root
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_models(tiny_vae, tiny_text_encoder, tmp_path_factory) -> Path:
+    """The tiny VAE and text encoder saved as the stages load them: ``vae/`` and ``text_encoder/``."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    tiny_vae.save_pretrained(root / "vae")
+    tiny_text_encoder.save_pretrained(root / "text_encoder")
+    return root

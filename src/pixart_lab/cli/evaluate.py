@@ -12,13 +12,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from diffusers import DiTPipeline
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.data.transforms import load_images
 from pixart_lab.diffusion.sampling import generate_many, load_pipeline, resolve_source
 from pixart_lab.evaluation.clip_model import ClipImageFeatures, clip_score_model
@@ -52,7 +51,7 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="evaluate")
+@entry_point("evaluate")
 def main(cfg: DictConfig) -> dict:
     torch.set_num_threads(cfg.num_threads)
     start = time.perf_counter()
