@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
@@ -54,9 +55,11 @@ def test_a_missing_resume_checkpoint_is_named(tiny_features, tmp_path, monkeypat
 
 
 def test_the_command_line_gets_one_line_and_a_usage_status(tmp_path):
+    """Through the ``pixart-lab`` console script, from another directory (the config is found all the same)."""
+    script = Path(sys.executable).parent / "pixart-lab"
     done = subprocess.run(
-        [sys.executable, "-m", "pixart_lab.cli.train_stage", "stage.max_stepz=3", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
+        [str(script), "train_stage", "stage.max_stepz=3", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: unknown key 'stage.max_stepz' (a new key needs a leading +: +stage.max_stepz=...)"

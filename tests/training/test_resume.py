@@ -15,10 +15,10 @@ from pixart_lab.training.history import MetricHistory
 from pixart_lab.training.resume import RunFingerprint, WriteFingerprint, decide_resume
 from pixart_lab.utils.errors import ResumeError
 
-MAX_STEPS, VAL_EVERY = 7, 3  # 24 training images in batches of 8: epochs end at steps 3 and 6
+MAX_STEPS, VAL_EVERY = 7, 3  # DiT: 24 training images in batches of 8, epochs end at steps 3 and 6
 
 
-def fit(tmp_path, module, features, ckpt_path=None, checkpoints=True):
+def fit(tmp_path, module, features, ckpt_path=None, checkpoints=True, kind="dit"):
     losses = LossRecorder()
     history = MetricHistory(tmp_path / "loss.csv", keys=["train/loss", "val/loss", "val/ema_loss"], every_n_steps=1)
     callbacks = [losses, history]
@@ -29,23 +29,25 @@ def fit(tmp_path, module, features, ckpt_path=None, checkpoints=True):
         logger=False, enable_checkpointing=checkpoints, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=tmp_path, plugins=[AtomicCheckpointIO()],
     )  # fmt: skip
-    data = make_data(features, "dit", batch_size=8)
+    data = make_data(features, kind, batch_size=8 if kind == "dit" else 2)
     data.val_split = "heldout"
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return losses.losses, history.rows, trainer
 
 
-def test_resuming_from_any_step_gives_the_uninterrupted_run_bit_for_bit(tiny_features, tiny_text_encoder, tmp_path):
-    full = make_module("dit", tiny_text_encoder)
-    losses, rows, trainer = fit(tmp_path, full, tiny_features)
+# pixart_ms: multi-aspect buckets at 128 px and micro-conditions (minutes on 2 cores: slow)
+@pytest.mark.parametrize("kind", ["dit", pytest.param("pixart_ms", marks=pytest.mark.slow)])
+def test_resuming_from_any_step_gives_the_uninterrupted_run_bit_for_bit(kind, tiny_features, tiny_text_encoder, tmp_path):
+    full = make_module(kind, tiny_text_encoder)
+    losses, rows, trainer = fit(tmp_path, full, tiny_features, kind=kind)
     optimizer = trainer.optimizers[0].state_dict()
     assert sorted(losses) == list(range(1, MAX_STEPS + 1))
     assert [r["step"] for r in rows if "val_loss" in r] == [3, 6]
 
     for step in range(1, MAX_STEPS):
-        module = make_module("dit", tiny_text_encoder)
+        module = make_module(kind, tiny_text_encoder)
         checkpoint = tmp_path / "ckpt" / f"step={step}.ckpt"
-        resumed_losses, resumed_rows, resumed = fit(tmp_path / f"from{step}", module, tiny_features, checkpoint, checkpoints=False)
+        resumed_losses, resumed_rows, resumed = fit(tmp_path / f"from{step}", module, tiny_features, checkpoint, False, kind)
         assert resumed_losses == {s: losses[s] for s in range(step + 1, MAX_STEPS + 1)}, f"resumed from step {step}"
         assert resumed_rows == rows, f"history resumed from step {step}"  # validation rows of steps 3 and 6 included
         for name, tensor in full.state_dict().items():  # weights, EMA (and its update count), counters

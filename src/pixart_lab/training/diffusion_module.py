@@ -150,11 +150,11 @@ class DiffusionModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # After backward (and AMP unscaling), before clipping and the update.
-        params = [p for p in self.denoiser.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         self.log("train/skipped_steps", self.skipped_steps.float())
-        if not params:
+        params = [p for p in self.denoiser.parameters() if p.grad is not None]
+        if not params:  # the step's loss was skipped: no backward ran
             return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         self.log("train/grad_norm", norm)  # before clipping
         # fp16's GradScaler skips inf/NaN steps itself (and lowers its scale): leave those to it.
         if not self._skip_update and not torch.isfinite(norm) and getattr(self.trainer.precision_plugin, "scaler", None) is None:
