@@ -60,10 +60,11 @@ def finish(process: subprocess.Popen) -> int:
     return process.returncode
 
 
-def logged_losses(workspace: Path, run: str) -> dict[int, float]:
-    """``train/loss`` of every step of the run's latest session, as logged (exact float reprs)."""
-    version = max((workspace / "logs" / run).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    rows = csv.DictReader((version / "metrics.csv").open())
+def logged_losses(workspace: Path, run: str, session: int) -> dict[int, float]:
+    """``train/loss`` of every step a session of the run trained, as logged (exact float reprs)."""
+    logs = workspace / "logs" / run / f"version_{session}"
+    assert (logs / "hparams.yaml").is_file(), f"no session {session} of {run}"
+    rows = csv.DictReader((logs / "metrics.csv").open()) if (logs / "metrics.csv").is_file() else []
     return {int(r["step"]) + 1: float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
@@ -119,14 +120,16 @@ def test_a_stage_killed_at_a_random_step_resumes_to_the_uninterrupted_result(wor
         assert torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == step - 1, context
         (run_dir / ".last.ckpt.torn.tmp").write_bytes(b"half a checkpoint")  # as a kill inside torch.save leaves it
     assert finish(reference) == 0, reference.output
-    resumed = train(workspace, list(STAGES), "run_")
+    # Twice: the first continues the killed run; the second finds it finished and only writes its outputs.
+    resumed = train(workspace, list(STAGES), "run_", "+session=resume,again")
     assert finish(resumed) == 0, resumed.output
 
     for stage, (step, _) in points.items():
         ref, run = f"ref_{STAGES[stage]}", f"run_{STAGES[stage]}"
-        reference, resumed = logged_losses(workspace, ref), logged_losses(workspace, run)
+        reference, resumed = logged_losses(workspace, ref, 0), logged_losses(workspace, run, 1)
         assert sorted(resumed) == list(range(step, MAX_STEPS + 1)), f"{context}: {run} resumed at the wrong step"
         assert resumed == {s: reference[s] for s in resumed}, f"{context}: {run} losses differ after the resume"
+        assert logged_losses(workspace, run, 2) == {}, f"{context}: {run} trained again after it had finished"
         assert history(workspace, run) == history(workspace, ref), f"{context}: {run} loss history differs"
         assert len(history(workspace, run)) == MAX_STEPS
         assert_same_tensors(final_state(workspace, run), final_state(workspace, ref), f"{context}: {run}")

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +115,19 @@ def _shard_is_complete(path: Path, chunk: Sequence[Record]) -> bool:
     return keys == [r.key for r in chunk if r.key in kept] and len(kept) == len(keys)
 
 
+def unique_records(records: Sequence[Record], report: SkipReport) -> list[Record]:
+    """``records`` without repeated keys (a data_info.json listing an image twice): the first is kept."""
+    seen: set[str] = set()
+    unique = []
+    for record in records:
+        if record.key in seen:
+            report.skip(record.key, "listed more than once")
+        else:
+            seen.add(record.key)
+            unique.append(record)
+    return unique
+
+
 def _remove_stale_files(out_dir: Path, planned: set[str]) -> None:
     """Remove temporary files of a killed run and shards outside the plan (e.g. of another shard size)."""
     for path in out_dir.glob(".*.tmp"):
@@ -193,14 +206,12 @@ def extract_split(
     """Extract every missing shard of one split and write its index; return counts and throughput."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = unique_records(records, report)
     plan = [
         (bucket, spec.buckets()[bucket], i // shard_size, group[i : i + shard_size])
         for bucket, group in assign_buckets(records, spec).items()
         for i in range(0, len(group), shard_size)
     ]
-    duplicates = [key for key, n in Counter(r.key for r in records).items() if n > 1]
-    if duplicates:
-        raise ValueError(f"{spec.name}: {len(duplicates)} record keys occur more than once (e.g. {duplicates[0]!r})")
     _remove_stale_files(out_dir, {shard_name(bucket, index) for bucket, _, index, _ in plan})
     shards, computed_images, seconds = [], 0, 0.0
     bar = tqdm(total=len(records), desc=f"features {spec.name}", unit="img", disable=not progress)
