@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,12 +16,27 @@ from hydra.core.global_hydra import GlobalHydra
 from pixart_lab.cli.entry import type_problem
 
 
+@contextmanager
+def logging_left_as_found() -> Iterator[None]:
+    """Undo what Hydra's logging set-up does to this process' loggers (disabled ones, root handlers)."""
+    loggers = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    states = [(lg, lg.disabled, lg.level, lg.propagate) for lg in loggers]
+    root = (logging.root.level, list(logging.root.handlers))
+    try:
+        yield
+    finally:
+        for lg, disabled, level, propagate in states:
+            lg.disabled, lg.level, lg.propagate = disabled, level, propagate
+        logging.root.setLevel(root[0])
+        logging.root.handlers[:] = root[1]
+
+
 def run_stage(module: str, overrides: list[str], tmp_path, monkeypatch, capsys) -> tuple[int, list[str]]:
     """Run an entry point in this process as its command line would; (exit status, stderr lines)."""
     GlobalHydra.instance().clear()
     quiet = ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled", f"hydra.run.dir={tmp_path}/hydra"]
     monkeypatch.setattr(sys, "argv", [module, *overrides, *quiet])
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(SystemExit) as exit_, logging_left_as_found():
         importlib.import_module(module).main()
     return exit_.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
