@@ -79,9 +79,18 @@ def tiny_control_features(tiny_corpus, tiny_vae, tmp_path_factory) -> Path:
     from pixart_lab.utils.io import write_json
 
     root = tmp_path_factory.mktemp("tiny_control")
-    encode = partial(encode_control_shard, detector=CannyEdges(), vae=tiny_vae, report=SkipReport(), batch_size=8)
+    encode = partial(encode_control_shard, detector=CannyEdges(), vae=tiny_vae, batch_size=8)
     for split in ("train", "heldout"):
         records = PixArtInfoReader(tiny_corpus / split / "data_info.json", key_prefix=f"{split}/").records()
-        cache_split(records, SplitSpec(split, 64), root / split, encode, shard_size=8, progress=False)
+        cache_split(records, SplitSpec(split, 64), root / split, encode, SkipReport(), shard_size=8, progress=False)
     write_json(root / "manifest.json", {"vae": {"scaling_factor": 2.0}, "control": {"name": "canny"}})
+    return root
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_models(tiny_vae, tiny_text_encoder, tmp_path_factory) -> Path:
+    """The tiny VAE and text encoder saved as the stages load them: ``vae/`` and ``text_encoder/``."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    tiny_vae.save_pretrained(root / "vae")
+    tiny_text_encoder.save_pretrained(root / "text_encoder")
     return root

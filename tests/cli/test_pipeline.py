@@ -201,6 +201,15 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     out = run(["dvc", "repro"], clone)
     assert "Running stage 'train_text_encoder'" in out and "Running stage 'train_vae'" not in out
 
+    # A training stage keeps its checkpoint folder (persist), but a run DVC repeats after a change of
+    # its parameters starts over instead of continuing the finished run of the old ones.
+    conf = clone / "conf" / "stage" / "1_pixel.yaml"
+    conf.write_text(conf.read_text().replace("lr: 2.0e-3", "lr: 1.0e-3"))
+    out = run(["dvc", "repro", "-s", "stage1_pixel"], clone)
+    assert "is a finished run (step 4) of another configuration (module.optimizer.lr: 0.002 -> 0.001): starting over" in out
+    rerun = json.loads((clone / "metrics" / "stage1.json").read_text())
+    assert rerun["steps"] == 4 and rerun["cost"]["samples"] == 16 and rerun["train_loss"] != metrics["stage1"]["train_loss"]
+
 
 def test_default_corpus_regenerates_exactly_what_data_dvc_tracks(tmp_path):
     """The offline guarantee: the deterministic generator reproduces the hash recorded in data.dvc."""

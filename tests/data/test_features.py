@@ -161,3 +161,14 @@ def test_a_split_without_one_full_batch_is_refused_with_the_bucket_sizes(feature
     dm.setup()
     with pytest.raises(ValueError, match="no bucket holds a full batch of 64"):
         dm.train_dataloader()
+
+
+def test_a_record_listed_twice_is_cached_once_and_counted(tiny_corpus, tiny_vae, tiny_text_encoder, tmp_path):
+    listed = records(tiny_corpus, "train")[:6]
+    report = SkipReport()
+    stats = extract_split([*listed, listed[2]], SPECS["train"], tmp_path / "f", tiny_vae, tiny_text_encoder, report,
+                          shard_size=4, progress=False)  # fmt: skip
+    index = json.loads((tmp_path / "f" / "index.json").read_text())
+    keys = [k for shard in index["shards"] for k in read_shard(tmp_path / "f" / shard["file"], shard["sha256"])[1]]
+    assert keys == [r.key for r in listed] and stats["count"] == 6
+    assert report.as_dict()["by_reason"] == {"listed more than once": 1}

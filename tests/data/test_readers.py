@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from pixart_lab.data.images import BadImageError, load_rgb
+from pixart_lab.data.images import BadImageError, ImageLimits, load_rgb
 from pixart_lab.data.readers import ClassFolderReader, FolderReader, PixArtInfoReader
 
 
@@ -133,4 +133,4 @@ def test_load_rgb_names_the_reason(tmp_path):
     with pytest.raises(BadImageError, match=r"too small \(1x1"):
         load_rgb(tmp_path / "tiny.png")
     with pytest.raises(BadImageError, match=r"too large \(64x64 > 100 pixels\)"):
-        load_rgb(tmp_path / "full.png", max_pixels=100)
+        load_rgb(tmp_path / "full.png", ImageLimits(max_pixels=100))

@@ -65,7 +65,7 @@ def test_a_missing_checkpoint_stops_the_demo_with_one_line_naming_the_path(tmp_p
     )  # fmt: skip
     assert out.returncode == 1
     assert out.stderr.splitlines() == [
-        "pixart-lab demo: source='stage3': no transformer weights (diffusion_pytorch_model.safetensors, "
+        "error: source='stage3': no transformer weights (diffusion_pytorch_model.safetensors, "
         "diffusion_pytorch_model.safetensors.index.json, diffusion_pytorch_model.bin) in "
         f"{tmp_path / 'stage3' / 'transformer'}; run that stage first, or give an official .pth, "
         "a diffusers transformer folder or a pipeline folder"

@@ -46,7 +46,7 @@ def test_loss_is_instance_loss_plus_lambda_times_prior_loss(tiny_text_encoder, w
     module = make_module(tiny_text_encoder, prior_loss_weight=weight)
     module.__class__ = Logged
     batch = fake_batch(tiny_text_encoder)
-    parts = module.example_losses(module.denoiser, batch, module._generator(0), drop_conditions=True)["loss"]
+    parts = module.per_sample_losses(module.denoiser, batch, module._generator(0), drop_conditions=True)["loss"]
     loss = module.training_step(batch, 0)
     torch.testing.assert_close(loss, parts[:2].mean() + weight * parts[2:].mean())
     assert module.logged["train/instance_loss"] == pytest.approx(float(parts[:2].mean()))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.data.captioning import caption_folder, write_data_info
 from pixart_lab.utils.io import write_json
 
@@ -21,7 +20,7 @@ def caption(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="caption")
+@entry_point("caption")
 def main(cfg: DictConfig) -> dict:
     summary = caption(cfg)
     print(f"caption: {summary['captioned']} captions written, {summary['already_captioned']} images already "

@@ -6,14 +6,13 @@ import csv
 import json
 from pathlib import Path
 
-import hydra
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import pixart_lab.cli  # noqa: F401,E402
+from pixart_lab.cli.entry import entry_point  # noqa: E402
 from pixart_lab.utils.io import atomic_save, write_json  # noqa: E402
 
 
@@ -33,7 +32,7 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="compare_runs")
+@entry_point("compare_runs")
 def main(cfg: DictConfig) -> dict:
     plots, metrics_dir = Path(cfg.paths.plots_dir), Path(cfg.paths.metrics_dir)
     fig, axes = plt.subplots(1, len(cfg.columns), figsize=(5 * len(cfg.columns), 3.6), squeeze=False)

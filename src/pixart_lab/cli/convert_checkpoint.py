@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.models.official_checkpoint import CAPTION_TOKENS, ORIGINAL_SUFFIXES
 from pixart_lab.models.text_encoder import FrozenTextEncoder
 from pixart_lab.training.checkpoints import (
@@ -30,7 +29,7 @@ def convert(cfg: DictConfig) -> Path:
     return export_original_checkpoint(source, cfg.out, null_caption)
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="convert_checkpoint")
+@entry_point("convert_checkpoint")
 def main(cfg: DictConfig) -> str:
     out = convert(cfg)
     print(f"convert_checkpoint: {cfg.source} -> {out}")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.data.corpus import generate_corpus
 from pixart_lab.data.dvc_tracking import sync_with_dvc_file
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="corpus")
+@entry_point("corpus")
 def main(cfg: DictConfig) -> dict:
     summary = generate_corpus(cfg.paths.data_dir, instantiate(cfg.data.generator))
     summary["dvc"] = sync_with_dvc_file(cfg.dvc_file, cfg.on_mismatch) if cfg.dvc_file else "not tracked"

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.diffusion.sampling import load_pipeline, resolve_source
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="demo")
+@entry_point("demo")
 def main(cfg: DictConfig) -> None:
+    folder = resolve_source(cfg.source, cfg.paths.checkpoints_dir)  # a missing one: one line naming it
     try:
-        folder = resolve_source(cfg.source, cfg.paths.checkpoints_dir)
         from pixart_lab.demo.app import build_demo, serve
-    except FileNotFoundError as error:
-        raise SystemExit(f"pixart-lab demo: {error}") from None
     except ModuleNotFoundError as error:
         raise SystemExit(f"pixart-lab demo needs the demo extra ({error.name} is missing): pip install -e '.[demo]'") from None
     from pixart_lab.demo.generator import DemoModel, Limits, sampler_choices, size_choices

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.data.dreambooth import CLASS_SPLIT, INSTANCE_SPLIT, cache_features, generate_class_images
 from pixart_lab.data.subject import EmbeddedSubject, pose_captions
 from pixart_lab.data.transforms import load_images
@@ -39,7 +38,7 @@ from pixart_lab.training.wiring import build_callbacks, build_loggers, publish_m
 LOGGED = ("train/loss", "train/instance_loss", "train/prior_loss", "train/grad_norm", "train/samples_per_s", "cost/flops")
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="dreambooth")
+@entry_point("dreambooth")
 def main(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.num_threads)

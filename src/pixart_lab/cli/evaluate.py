@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import time
 
-import hydra
 import torch
 from diffusers import DiTPipeline
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.diffusion.sampling import generate_many, load_pipeline, resolve_source
 from pixart_lab.evaluation.suite import HeldOutHalves, QualitySuite
 from pixart_lab.training.images import save_grid
 from pixart_lab.training.wiring import build_loggers, publish_metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="evaluate")
+@entry_point("evaluate")
 def main(cfg: DictConfig) -> dict:
     torch.set_num_threads(cfg.num_threads)
     start = time.perf_counter()

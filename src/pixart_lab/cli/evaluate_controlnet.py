@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.data.edges import control_image
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
 from pixart_lab.diffusion.control_sampling import (
@@ -25,7 +24,7 @@ from pixart_lab.training.images import save_grid
 from pixart_lab.training.wiring import build_loggers, publish_metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="evaluate_controlnet")
+@entry_point("evaluate_controlnet")
 def main(cfg: DictConfig) -> dict:
     torch.set_num_threads(cfg.num_threads)
     start, ev = time.perf_counter(), cfg.controlnet_eval

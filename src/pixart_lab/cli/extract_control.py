@@ -6,12 +6,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.data.control_features import encode_control_latents, encode_control_shard
 from pixart_lab.data.edges import binary_edges, control_image
 from pixart_lab.data.features import SplitSpec, cache_split, cache_summary
@@ -32,7 +31,7 @@ def latent_round_trip(vae, edges: torch.Tensor, tolerance: int) -> tuple[dict[st
     return {name: round(float(v.mean()), 4) for name, v in scores.items()}, decoded
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="extract_control")
+@entry_point("extract_control")
 def main(cfg: DictConfig) -> dict:
     feats = cfg.control_features
     torch.set_num_threads(feats.num_threads)
@@ -41,12 +40,12 @@ def main(cfg: DictConfig) -> dict:
     vae = vae.to(memory_format=torch.channels_last)
     detector = instantiate(cfg.control.detector)
     report = SkipReport(source="extract_control")
-    encode = partial(encode_control_shard, detector=detector, vae=vae, report=report, batch_size=feats.batch_size)
+    encode = partial(encode_control_shard, detector=detector, vae=vae, batch_size=feats.batch_size)
     splits = {}
     for name, split_cfg in feats.splits.items():
         reader = instantiate(cfg.data.splits[name])
         spec = SplitSpec(name=name, **OmegaConf.to_container(split_cfg, resolve=True))
-        splits[name] = cache_split(reader.records(), spec, Path(feats.out_dir) / name, encode, feats.shard_size, desc="control")
+        splits[name] = cache_split(reader.records(), spec, Path(feats.out_dir) / name, encode, report, feats.shard_size, desc="control")
         report.merge(reader.report)
     manifest = {
         "control": OmegaConf.to_container(cfg.control, resolve=True),

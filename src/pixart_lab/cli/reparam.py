@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hydra
 import torch
 from diffusers import DiTTransformer2DModel
 from omegaconf import DictConfig, OmegaConf
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.models.denoisers import count_parameters, tie_conditioning_embedders
 from pixart_lab.models.reparam import (
     PIXART_XL_2,
@@ -33,7 +32,7 @@ def max_output_error(dit, pixart, timestep: int, batch: int, seed: int) -> float
     return float((converted - expected).abs().max())
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="reparam")
+@entry_point("reparam")
 def main(cfg: DictConfig) -> dict:
     source = f"{cfg.paths.checkpoints_dir}/{cfg.source}/{TRANSFORMER_DIR}"
     dit = tie_conditioning_embedders(DiTTransformer2DModel.from_pretrained(source)).eval()

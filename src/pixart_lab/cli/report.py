@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.evaluation.cost import CostConfig, a100_days
 from pixart_lab.evaluation.report import compare, plot_quality_vs_compute, write_curve_csv
 from pixart_lab.evaluation.report_html import comparison_page
@@ -22,7 +21,7 @@ from pixart_lab.training.wiring import build_loggers, wandb_logged_in
 from pixart_lab.utils.io import atomic_write_bytes, write_json
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="report")
+@entry_point("report")
 def main(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     plots = Path(cfg.paths.plots_dir)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import time
 
-import hydra
 from diffusers import DiffusionPipeline, DiTPipeline
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.diffusion.sampling import export_pipeline, generate, load_pipeline, resolve_source
 from pixart_lab.training.images import save_grid
 from pixart_lab.utils.io import write_json
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="sample")
+@entry_point("sample")
 def main(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     folder = resolve_source(cfg.source, cfg.paths.checkpoints_dir)

@@ -5,25 +5,27 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from lightning import seed_everything
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
-from pixart_lab.cli.train_stage import fit, write_run_metrics
+from pixart_lab.cli.entry import entry_point
+from pixart_lab.cli.train_stage import decide, fit, run_fingerprint, write_run_metrics
 from pixart_lab.diffusion.control_sampling import CONTROLNET_DIR
 from pixart_lab.utils.io import atomic_dir
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_controlnet")
+@entry_point("train_controlnet")
 def main(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.num_threads)
     start = time.perf_counter()
+    data = instantiate(cfg.data_module)
+    fingerprint = run_fingerprint(cfg, data, init=None)  # the base's weights are in cfg.base, under model
+    resume = decide(cfg, fingerprint)
     module = instantiate(cfg.module, denoiser=instantiate(cfg.model.denoiser))
-    result = fit(cfg, module, instantiate(cfg.data_module))
+    result = fit(cfg, module, data, fingerprint, resume)
 
     controlnet = module.ema.module.controlnet  # EMA weights, as every stage exports
     with atomic_dir(Path(cfg.run_dir) / CONTROLNET_DIR) as tmp:

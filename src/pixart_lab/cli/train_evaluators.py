@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from lightning import seed_everything
@@ -18,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.data.transforms import load_images
 from pixart_lab.evaluation.attribute_probe import CellProbe, attribute_accuracy
 from pixart_lab.evaluation.clip_model import ClipImageFeatures, build_clip, clip_score_model, save_clip
@@ -66,7 +65,7 @@ def rounded(d):
     return round(d, 4) if isinstance(d, float) else d
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_evaluators")
+@entry_point("train_evaluators")
 def main(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.num_threads)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from lightning import seed_everything
 from omegaconf import DictConfig
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.models.text_encoder import FrozenTextEncoder, pretrain_t5
 from pixart_lab.models.tokenizer import build_tokenizer
 from pixart_lab.training.history import write_csv
@@ -22,7 +21,7 @@ def captions_of(records) -> list[str]:
     return [c for r in records for c in (r.dense_caption, r.sparse_caption) if c]
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_text_encoder")
+@entry_point("train_text_encoder")
 def main(cfg: DictConfig) -> dict:
     if "pretrain" not in cfg.text_encoder:
         raise SystemExit(

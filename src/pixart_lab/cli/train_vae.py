@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from lightning import seed_everything
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
-import pixart_lab.cli  # noqa: F401
+from pixart_lab.cli.entry import entry_point
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
 from pixart_lab.models.vae import centre_latents, measure_scaling_factor, psnr, reconstruct
 from pixart_lab.training.history import MetricHistory
@@ -28,7 +27,7 @@ def clean_only(records, quality):
     return [r for r in records if (r.scene or {}).get("quality") == quality]
 
 
-@hydra.main(version_base="1.3", config_path="../../../conf", config_name="train_vae")
+@entry_point("train_vae")
 def main(cfg: DictConfig) -> dict:
     if "train" not in cfg.vae:
         raise SystemExit(f"vae={cfg.vae.name} is pretrained ({cfg.vae.pretrained}); train_vae trains the embedded VAE only")

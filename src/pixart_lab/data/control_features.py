@@ -40,9 +40,9 @@ def encode_control_latents(vae: AutoencoderKL, edges: torch.Tensor, batch_size: 
 def encode_control_shard(
     records: Sequence[Record],
     size: tuple[int, int],
+    report: SkipReport,
     detector: EdgeDetector,
     vae: AutoencoderKL,
-    report: SkipReport,
     batch_size: int = 128,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Edge maps of one shard's images and their control latents (a :data:`ShardEncoder` once bound)."""

@@ -44,7 +44,7 @@ class FeatureDataset(Dataset):
         self.shards: list[dict[str, torch.Tensor]] = []
         self.sizes: list[tuple[int, int]] = []
         for shard_info in json.loads(index_path.read_text())["shards"]:
-            tensors, keys = read_shard(self.split_dir / shard_info["file"])
+            tensors, keys = read_shard(self.split_dir / shard_info["file"], shard_info.get("sha256"))
             if f"{caption}_emb" not in tensors:
                 raise KeyError(f"{self.split_dir / shard_info['file']}: no '{caption}' captions cached")
             rows = range(len(keys))
@@ -106,7 +106,9 @@ def collate(items: Sequence[dict], text_len: int | None = None) -> dict:
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches that never mix aspect buckets (PixArt's multi-scale training); seeded per epoch.
 
-    ``start`` skips the first batches of the next epoch iterated (a resumed run's position).
+    Each iteration is the next epoch. ``resume_at = (epoch, batches)`` skips the first ``batches``
+    of that epoch (a resumed run's position); a run stopped after an epoch's last batch resumes with
+    an empty remainder of it, then the next epoch from its beginning.
     """
 
     def __init__(self, buckets: Sequence[tuple[int, int]], batch_size: int, shuffle: bool, seed: int, drop_last: bool):
@@ -115,7 +117,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         for i, bucket in enumerate(buckets):
             self.groups.setdefault(bucket, []).append(i)
         self.epoch = 0
-        self.start = 0
+        self.resume_at: tuple[int, int] | None = None
+
+    @property
+    def start(self) -> int:
+        """Batches of the current epoch already seen before a resume."""
+        return self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -134,9 +141,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        start, self.start = self.start, 0
-        yield from self._batches()[start:]
-        self.epoch += 1
+        # The epoch advances when its batches are drawn, not when the last one is consumed: Lightning
+        # stops after len(loader) batches and never exhausts the iterator (every epoch was epoch 0).
+        batches = self._batches()[self.start :]
+        self.epoch, self.resume_at = self.epoch + 1, None
+        return iter(batches)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -167,7 +176,7 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self.batch_sampler.set_epoch(int(state["epoch"]))
-        self.batch_sampler.start = int(state["batches"])
+        self.batch_sampler.resume_at = (int(state["epoch"]), int(state["batches"]))
         self.position = dict(state)
 
 
@@ -196,10 +205,16 @@ class FeatureDataModule(L.LightningDataModule):
 
     @property
     def manifest(self) -> dict:
-        path = self.features_dir / "manifest.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"feature manifest not found: {path} (run the extract_features stage)")
-        return json.loads(path.read_text())
+        return json.loads(self.input_files()[0].read_text())
+
+    def input_files(self) -> list[Path]:
+        """The cache's manifest and the used splits' indices (which hold every shard's SHA-256)."""
+        splits = [s for s in (self.train_split, self.val_split) if s]
+        files = [self.features_dir / "manifest.json", *(self.features_dir / s / "index.json" for s in splits)]
+        for path in files:
+            if not path.is_file():
+                raise FileNotFoundError(f"feature cache file not found: {path} (run the extract_features stage)")
+        return files
 
     def make_dataset(self, split: str, min_aesthetic: float | None = None) -> FeatureDataset:
         scaling = float(self.manifest["vae"]["scaling_factor"])

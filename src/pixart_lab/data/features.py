@@ -5,17 +5,20 @@ run in the training loop. Each shard holds one aspect bucket, so every batch dra
 has one latent shape. Layout::
 
     features/manifest.json                      VAE scaling factor, text encoder, splits
-    features/<split>/index.json                 shards: file, bucket, size, count
+    features/<split>/index.json                 shards: file, bucket, size, count, sha256
     features/<split>/<bucket>-00000.safetensors latent_mean, latent_std, {dense,sparse}_{emb,mask},
                                                 label, aesthetic; record keys in the metadata
     features/report.json                        skipped inputs by reason
 
 Shards are written to a temporary name and renamed, so a killed run leaves only whole shards, and a
-re-run skips those and computes the rest (resume).
+re-run skips those and computes the rest (resume). A shard is re-used only if it holds exactly the
+records its place in the plan should hold, and the index records each shard's SHA-256, which every
+reader checks: a damaged or foreign shard is never read, and no sample is cached twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -29,14 +32,15 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from tqdm import tqdm
 
 from pixart_lab.data.buckets import bucket_table, closest_bucket
+from pixart_lab.data.images import ImageLimits
 from pixart_lab.data.records import Record, SkipReport
 from pixart_lab.data.transforms import load_images, uint8_to_model_range
 from pixart_lab.models.text_encoder import FrozenTextEncoder
-from pixart_lab.utils.io import atomic_path, write_json
+from pixart_lab.utils.io import atomic_path, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +76,67 @@ def shard_name(bucket: str, index: int) -> str:
     return f"{bucket.replace('.', 'p')}-{index:05d}.safetensors"
 
 
-def read_shard(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Load one shard's tensors and record keys; raise ``ValueError`` naming the file if it is unusable."""
+def shard_info(path: str | Path) -> dict:
+    """A shard's metadata: record ``keys``, ``bucket``, size and the ``report`` of its extraction."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = json.loads(f.metadata()["pixart_lab"])["keys"]
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+            return json.loads(f.metadata()["pixart_lab"])
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable feature shard ({e})") from e
+
+
+def read_shard(path: str | Path, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Load one shard's tensors and record keys; raise ``ValueError`` naming the file if it is unusable
+    (unreadable, or not the bytes whose ``sha256`` the index recorded)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: unreadable feature shard ({e})") from e
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{path}: checksum mismatch (the index records sha256 {sha256[:12]}...); re-run extract_features")
+    keys = shard_info(path)["keys"]
+    try:
+        tensors = load(data)
+    except SafetensorError as e:
         raise ValueError(f"{path}: unreadable feature shard ({e})") from e
     return tensors, keys
 
 
-def _shard_is_complete(path: Path, expected: int) -> bool:
+def _shard_is_complete(path: Path, chunk: Sequence[Record]) -> bool:
+    """True if ``path`` is a readable shard of exactly ``chunk``'s records (those not skipped), in order."""
     if not path.is_file():
         return False
     try:
         _, keys = read_shard(path)
     except ValueError:
         return False
-    return len(keys) <= expected  # fewer when bad images were skipped
+    kept = set(keys)
+    return keys == [r.key for r in chunk if r.key in kept] and len(kept) == len(keys)
+
+
+def unique_records(records: Sequence[Record], report: SkipReport) -> list[Record]:
+    """``records`` without repeated keys (a data_info.json listing an image twice): the first is kept."""
+    seen: set[str] = set()
+    unique = []
+    for record in records:
+        if record.key in seen:
+            report.skip(record.key, "listed more than once")
+        else:
+            seen.add(record.key)
+            unique.append(record)
+    return unique
+
+
+def _remove_stale_files(out_dir: Path, planned: set[str]) -> None:
+    """Remove temporary files of a killed run and shards outside the plan (e.g. of another shard size)."""
+    for path in out_dir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    for path in out_dir.glob("*.safetensors"):
+        if path.name not in planned:
+            log.info("removing %s: not a shard of the current plan", path)
+            path.unlink()
 
 
 def pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -104,14 +148,19 @@ def pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
 def encode_shard(
     records: Sequence[Record],
     size: tuple[int, int],
+    report: SkipReport,
     vae: AutoencoderKL,
     text_encoder: FrozenTextEncoder,
-    report: SkipReport,
     batch_size: int,
     emb_dtype: torch.dtype,
+    limits: ImageLimits = ImageLimits(),
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """VAE posterior moments of the images and T5 embeddings of their captions, for one shard."""
-    images, kept = load_images(records, *size, report=report, progress=False)
+    """VAE posterior moments of the images and T5 embeddings of their captions, for one shard (a
+    :data:`ShardEncoder` once the models are bound).
+
+    Captions longer than the text encoder's ``max_length`` are truncated (as PixArt does) and counted
+    in ``report``."""
+    images, kept = load_images(records, *size, report=report, progress=False, limits=limits)
     means, stds = [], []
     for i in range(0, len(images), batch_size):
         batch = uint8_to_model_range(images[i : i + batch_size]).to(vae.device, vae.dtype)
@@ -123,6 +172,9 @@ def encode_shard(
     if all(r.sparse_caption for r in kept):
         captions["sparse"] = [r.sparse_caption for r in kept]
     for kind, texts in captions.items():
+        for record, cut in zip(kept, text_encoder.truncated(texts)):
+            if cut:
+                report.convert(record.key, f"{kind} caption truncated to {text_encoder.max_length} tokens")
         batches = [
             tuple(x.cpu() for x in text_encoder.encode(texts[i : i + batch_size], pad_to_max_length=False))
             for i in range(0, len(texts), batch_size)
@@ -140,7 +192,7 @@ def encode_shard(
 
 
 # Encodes one shard's records at one (height, width): tensors (first dimension = records kept) and their keys.
-ShardEncoder = Callable[[Sequence[Record], tuple[int, int]], tuple[dict[str, torch.Tensor], list[str]]]
+ShardEncoder = Callable[[Sequence[Record], tuple[int, int], SkipReport], tuple[dict[str, torch.Tensor], list[str]]]
 
 
 def extract_split(
@@ -155,12 +207,13 @@ def extract_split(
     emb_dtype: torch.dtype = torch.float16,
     progress: bool = True,
     on_shard_written: Callable[[Path], None] | None = None,
+    limits: ImageLimits = ImageLimits(),
 ) -> dict:
     """Extract every missing shard of one split and write its index; return counts and throughput."""
     encode = partial(
-        encode_shard, vae=vae, text_encoder=text_encoder, report=report, batch_size=batch_size, emb_dtype=emb_dtype
+        encode_shard, vae=vae, text_encoder=text_encoder, batch_size=batch_size, emb_dtype=emb_dtype, limits=limits
     )
-    return cache_split(records, spec, out_dir, encode, shard_size, progress, on_shard_written, desc="features")
+    return cache_split(records, spec, out_dir, encode, report, shard_size, progress, on_shard_written, desc="features")
 
 
 def cache_split(
@@ -168,29 +221,35 @@ def cache_split(
     spec: SplitSpec,
     out_dir: str | Path,
     encode: ShardEncoder,
+    report: SkipReport,
     shard_size: int = 1024,
     progress: bool = True,
     on_shard_written: Callable[[Path], None] | None = None,
     desc: str = "cache",
 ) -> dict:
-    """Write every missing shard ``encode`` makes of one split (atomically) and its index; counts and throughput."""
+    """Write every missing shard ``encode`` makes of one split (atomically) and its index; counts and
+    throughput. Skips and conversions go to ``report``, those of re-used shards included."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = unique_records(records, report)
     plan = [
         (bucket, spec.buckets()[bucket], i // shard_size, group[i : i + shard_size])
         for bucket, group in assign_buckets(records, spec).items()
         for i in range(0, len(group), shard_size)
     ]
+    _remove_stale_files(out_dir, {shard_name(bucket, index) for bucket, _, index, _ in plan})
     shards, computed_images, seconds = [], 0, 0.0
     bar = tqdm(total=len(records), desc=f"{desc} {spec.name}", unit="img", disable=not progress)
     for bucket, size, index, chunk in plan:
         path = out_dir / shard_name(bucket, index)
-        if not _shard_is_complete(path, len(chunk)):
+        if not _shard_is_complete(path, chunk):
             start = time.perf_counter()
-            tensors, keys = encode(chunk, size)
+            shard_report = SkipReport(source=path.name)
+            tensors, keys = encode(chunk, size, shard_report)
             # One metadata entry: safetensors orders several entries arbitrarily, and equal shards
-            # must be equal bytes (resume, DVC hashes).
-            info = {"keys": keys, "bucket": bucket, "height": size[0], "width": size[1]}
+            # must be equal bytes (resume, DVC hashes). The shard's own report travels with it, so a
+            # resumed extraction reports the skips and conversions of the shards it re-uses.
+            info = {"keys": keys, "bucket": bucket, "height": size[0], "width": size[1], "report": shard_report.as_dict()}
             metadata = {"pixart_lab": json.dumps(info, sort_keys=True)}
             with atomic_path(path) as tmp:
                 save_file(tensors, str(tmp), metadata=metadata)
@@ -198,8 +257,10 @@ def cache_split(
             computed_images += len(chunk)
             if on_shard_written is not None:
                 on_shard_written(path)
-        _, keys = read_shard(path)
-        shards.append({"file": path.name, "bucket": bucket, "height": size[0], "width": size[1], "count": len(keys)})
+        info = shard_info(path)
+        report.merge(SkipReport.from_dict(info.get("report", {})))
+        shards.append({"file": path.name, "bucket": bucket, "height": size[0], "width": size[1],
+                       "count": len(info["keys"]), "sha256": file_sha256(path)})  # fmt: skip
         bar.update(len(chunk))
     bar.close()
     index = {"split": spec.name, "shards": shards, "count": sum(s["count"] for s in shards)}
@@ -217,6 +278,7 @@ def cache_summary(splits: dict[str, dict], report: SkipReport, seconds: float) -
     return {
         "images": sum(s["count"] for s in splits.values()),
         "skipped": report.total_skipped,
+        "converted": sum(report.converted.values()),
         "computed_images": computed,
         "images_per_second": round(computed / seconds, 1) if computed else None,
         "seconds": round(seconds, 1),

@@ -1,15 +1,29 @@
-"""Decoding user images safely: every failure becomes a named ``BadImageError`` reason."""
+"""Decoding user images safely: every failure becomes a named ``BadImageError`` reason, every
+conversion (CMYK, 16 bit, transparency, EXIF rotation) a named note.
+
+Decompression bombs are refused by the size in their header, before any pixel is decoded, against
+``ImageLimits.max_pixels`` (conf/extract_features.yaml ``images``) rather than PIL's own threshold,
+which only warns below twice its value.
+"""
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-# Decompression bombs are refused by size, not by a PIL warning that is easy to miss.
-MAX_PIXELS = 89_478_485  # PIL's own default threshold, made explicit
-MIN_SIDE = 8
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What decoding accepts: at most ``max_pixels`` pixels, at least ``min_side`` a side;
+    transparent pixels are composited on ``background`` (RGB)."""
+
+    max_pixels: int = 64_000_000  # 8000 x 8000: above any camera in common use
+    min_side: int = 8
+    background: tuple[int, int, int] = (255, 255, 255)
 
 
 class BadImageError(ValueError):
@@ -21,44 +35,68 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
-def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open ``path`` as an RGB image with EXIF orientation applied, or raise ``BadImageError``.
-
-    Converts palette/transparency (composited on white), CMYK, greyscale and 16-bit modes to RGB.
-    """
+@contextmanager
+def open_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Iterator[Image.Image]:
+    """Open ``path`` (header only) or raise ``BadImageError``: missing, empty, not an image, too large, too small."""
     path = Path(path)
     if not path.is_file():
-        raise BadImageError(path, "missing file")
+        raise BadImageError(path, "missing image file")
     if path.stat().st_size == 0:
-        raise BadImageError(path, "zero-byte file")
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+        raise BadImageError(path, "zero-byte image file")
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the explicit check below replaces PIL's
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > max_pixels:
-                    raise BadImageError(path, f"too large ({im.width}x{im.height} > {max_pixels} pixels)")
-                if min(im.width, im.height) < min_side:
-                    raise BadImageError(path, f"too small ({im.width}x{im.height} < {min_side} px side)")
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb(im)
-    except BadImageError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(path, f"unreadable image ({type(e).__name__})") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(path, f"corrupt image ({e})") from e
+        image = Image.open(path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(path, f"unreadable image header ({type(e).__name__})") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    with image:
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise BadImageError(path, f"too large ({width}x{height} > {limits.max_pixels} pixels)")
+        if min(width, height) < limits.min_side:
+            raise BadImageError(path, f"too small ({width}x{height} < {limits.min_side} px side)")
+        yield image
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+def load_rgb(
+    path: str | Path, limits: ImageLimits = ImageLimits(), note: Callable[[str], None] | None = None
+) -> Image.Image:
+    """Decode ``path`` as an 8-bit RGB image, EXIF orientation applied, or raise ``BadImageError``.
+
+    Palette/alpha transparency is composited on ``limits.background``; CMYK, greyscale and 16-bit
+    modes are converted to RGB. ``note`` receives a short description of each conversion made.
+    """
+    note = note or (lambda _: None)
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    with open_image(path, limits) as image:
+        try:
+            image.load()
+            orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation; 1 = as stored
+            upright = ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise BadImageError(path, f"corrupt image ({e})") from e
+    if orientation != 1:
+        note(f"EXIF orientation {orientation} applied")
+    return to_rgb(upright, limits.background, note)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int], note: Callable[[str], None]) -> Image.Image:
+    """``image`` as 8-bit RGB (see :func:`load_rgb`)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: scale to 8 bit instead of clipping at 255.
-        im = im.point(lambda v: v / 256).convert("L")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", im.size, (255, 255, 255))
-        background.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
-        return background
-    return im.convert("RGB")
+        image = image.point(lambda v: v / 256).convert("L")
+        note("16-bit greyscale scaled to 8 bit")
+    elif image.mode == "CMYK":
+        note("CMYK converted to RGB")
+    if "transparency" in image.info and image.mode in ("P", "L", "RGB"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        flattened = Image.new("RGB", rgba.size, tuple(background))
+        alpha = rgba.getchannel("A")
+        flattened.paste(rgba, mask=alpha)
+        if alpha.getextrema()[0] < 255:
+            note(f"transparency composited on {tuple(background)}")
+        return flattened
+    return image.convert("RGB")

@@ -15,8 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
+from pixart_lab.data.images import BadImageError, ImageLimits, open_image
 from pixart_lab.data.records import Record, SkipReport
 
 log = logging.getLogger(__name__)
@@ -36,24 +35,20 @@ def read_caption(path: Path) -> str:
     return text
 
 
-def probe_size(path: Path) -> tuple[int, int]:
+def probe_size(path: Path, limits: ImageLimits = ImageLimits()) -> tuple[int, int]:
     """(height, width) from the image header; raise ``ValueError`` naming why it is unusable."""
-    if not path.is_file():
-        raise ValueError("missing image file")
-    if path.stat().st_size == 0:
-        raise ValueError("zero-byte image file")
     try:
-        with Image.open(path) as im:
+        with open_image(path, limits) as im:
             return im.height, im.width
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"unreadable image header ({type(e).__name__})") from e
+    except BadImageError as e:
+        raise ValueError(e.reason) from e
 
 
 class FolderReader:
     """``root/**/name.{png,jpg,...}`` with captions in ``root/**/name.txt``."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, limits: ImageLimits = ImageLimits()):
+        self.root, self.limits = Path(root), limits
         self.report = SkipReport(source=str(self.root))
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
@@ -67,7 +62,7 @@ class FolderReader:
                 if not caption_path.is_file():
                     raise ValueError("missing caption file")
                 caption = read_caption(caption_path)
-                height, width = probe_size(image_path)
+                height, width = probe_size(image_path, self.limits)
             except ValueError as e:
                 self.report.skip(key, str(e))
                 continue
@@ -79,8 +74,10 @@ class FolderReader:
 class PixArtInfoReader:
     """PixArt's ``data_info.json``; image paths are relative to ``image_root`` (default: the json's folder)."""
 
-    def __init__(self, info_path: str | Path, image_root: str | Path | None = None, key_prefix: str = ""):
-        self.info_path = Path(info_path)
+    def __init__(
+        self, info_path: str | Path, image_root: str | Path | None = None, key_prefix: str = "", limits: ImageLimits = ImageLimits()
+    ):
+        self.info_path, self.limits = Path(info_path), limits
         if not self.info_path.is_file():
             raise FileNotFoundError(f"data_info.json not found: {self.info_path}")
         self.image_root = Path(image_root) if image_root is not None else self.info_path.parent
@@ -117,7 +114,7 @@ class PixArtInfoReader:
                 raise ValueError("missing image file")
             height, width = int(entry["height"]), int(entry["width"])
         else:
-            height, width = probe_size(image_path)
+            height, width = probe_size(image_path, self.limits)
         return Record(
             key=key,
             image_path=image_path,
@@ -134,8 +131,8 @@ class PixArtInfoReader:
 class ClassFolderReader:
     """ImageNet-style ``root/<class_name>/<image>``; labels are indices of the sorted class names."""
 
-    def __init__(self, root: str | Path, caption_template: str = "{name}"):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, caption_template: str = "{name}", limits: ImageLimits = ImageLimits()):
+        self.root, self.limits = Path(root), limits
         if not self.root.is_dir():
             raise FileNotFoundError(f"class-folder root not found: {self.root}")
         self.caption_template = caption_template
@@ -152,7 +149,7 @@ class ClassFolderReader:
                     continue
                 key = f"{name}/{image_path.name}"
                 try:
-                    height, width = probe_size(image_path)
+                    height, width = probe_size(image_path, self.limits)
                 except ValueError as e:
                     self.report.skip(key, str(e))
                     continue

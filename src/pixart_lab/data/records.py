@@ -35,21 +35,34 @@ class Record:
 
 @dataclass
 class SkipReport:
-    """Counts skipped inputs by reason and keeps a few examples of each; nothing is lost silently."""
+    """The data report: skipped inputs by reason and kept ones converted on the way (CMYK, 16 bit,
+    transparency, EXIF rotation, truncated captions) by conversion, each with a few example keys.
+    Nothing is lost or changed silently."""
 
     source: str = ""
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     max_examples: int = 5
+    converted: Counter = field(default_factory=Counter)
+    conversion_examples: dict[str, list[str]] = field(default_factory=dict)
 
     def skip(self, key: str, reason: str) -> None:
         """Record that ``key`` was skipped because of ``reason`` and log it with the running count."""
         self.skipped[reason] += 1
-        self.examples.setdefault(reason, [])
-        if len(self.examples[reason]) < self.max_examples:
-            self.examples[reason].append(key)
+        self._example(self.examples, reason, key)
         log.warning("%s: %s; skipped (%d so far)", key, reason, self.total_skipped)
+
+    def convert(self, key: str, what: str) -> None:
+        """Record that ``key`` was kept after conversion ``what`` (logged at INFO)."""
+        self.converted[what] += 1
+        self._example(self.conversion_examples, what, key)
+        log.info("%s: %s", key, what)
+
+    def _example(self, examples: dict[str, list[str]], reason: str, key: str) -> None:
+        keys = examples.setdefault(reason, [])
+        if len(keys) < self.max_examples:
+            keys.append(key)
 
     def keep(self) -> None:
         self.kept += 1
@@ -65,7 +78,21 @@ class SkipReport:
             "skipped": self.total_skipped,
             "by_reason": dict(sorted(self.skipped.items())),
             "examples": self.examples,
+            "converted": dict(sorted(self.converted.items())),
+            "conversion_examples": self.conversion_examples,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SkipReport:
+        """The report ``as_dict`` wrote (counts exact, examples as kept)."""
+        return cls(
+            source=data.get("source", ""),
+            kept=data.get("kept", 0),
+            skipped=Counter(data.get("by_reason", {})),
+            examples={k: list(v) for k, v in data.get("examples", {}).items()},
+            converted=Counter(data.get("converted", {})),
+            conversion_examples={k: list(v) for k, v in data.get("conversion_examples", {}).items()},
+        )
 
     def write(self, path: str | Path) -> None:
         from pixart_lab.utils.io import write_json
@@ -75,9 +102,11 @@ class SkipReport:
     def merge(self, other: SkipReport) -> None:
         self.kept += other.kept
         self.skipped.update(other.skipped)
-        for reason, keys in other.examples.items():
-            mine = self.examples.setdefault(reason, [])
-            mine.extend(keys[: max(0, self.max_examples - len(mine))])
+        self.converted.update(other.converted)
+        for mine_by_reason, theirs_by_reason in ((self.examples, other.examples), (self.conversion_examples, other.conversion_examples)):
+            for reason, keys in theirs_by_reason.items():
+                for key in keys:
+                    self._example(mine_by_reason, reason, key)
 
     def __str__(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pixart_lab.data.images import BadImageError, load_rgb
+from pixart_lab.data.images import BadImageError, ImageLimits, load_rgb
 from pixart_lab.data.records import Record, SkipReport
 
 
@@ -33,14 +33,20 @@ def uint8_to_model_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_images(
-    records: Sequence[Record], height: int, width: int, report: SkipReport | None = None, progress: bool = True
+    records: Sequence[Record],
+    height: int,
+    width: int,
+    report: SkipReport | None = None,
+    progress: bool = True,
+    limits: ImageLimits = ImageLimits(),
 ) -> tuple[torch.Tensor, list[Record]]:
-    """Decode ``records`` to one uint8 tensor [N, 3, height, width]; bad images are skipped and counted."""
+    """Decode ``records`` to one uint8 tensor [N, 3, height, width]; bad images are skipped and counted,
+    conversions counted."""
     report = report if report is not None else SkipReport(source="load_images")
     tensors, kept = [], []
     for record in tqdm(records, desc=f"decode {height}x{width}", disable=not progress, mininterval=2):
         try:
-            image = load_rgb(record.image_path)
+            image = load_rgb(record.image_path, limits, note=lambda what, key=record.key: report.convert(key, what))
         except BadImageError as e:
             report.skip(record.key, e.reason)
             continue

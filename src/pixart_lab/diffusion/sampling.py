@@ -38,7 +38,8 @@ from pixart_lab.models.vae import load_vae
 from pixart_lab.utils.io import atomic_dir, write_json
 
 NOISE_SCHEDULE_FILE = "noise_schedule.json"
-NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
+# What a sampler must share with training (a pipeline folder's scheduler config has them all).
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas", "prediction_type")
 
 
 def untied_copy(transformer: nn.Module) -> nn.Module:
@@ -176,7 +177,7 @@ def load_transformer(source: Path) -> nn.Module:
 
 def save_noise_schedule(run_dir: str | Path, schedule: Mapping) -> None:
     """Record the training noise schedule beside a run's exported network, for its samplers."""
-    write_json(Path(run_dir) / NOISE_SCHEDULE_FILE, {k: schedule[k] for k in NOISE_SCHEDULE_KEYS})
+    write_json(Path(run_dir) / NOISE_SCHEDULE_FILE, {k: schedule[k] for k in NOISE_SCHEDULE_KEYS if k in schedule})
 
 
 def load_noise_schedule(network_folder: str | Path) -> dict | None:
@@ -198,9 +199,6 @@ def resolve_source(source: str, checkpoints_dir: str | Path) -> Path:
 
 
 # What a model was trained with; a sampler keeps these and brings its own solver settings.
-NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
-
-
 def load_pipeline(
     folder: str | Path,
     scheduler: SchedulerMixin,

@@ -294,6 +294,12 @@ class FrozenTextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
+    def truncated(self, captions: Sequence[str]) -> list[bool]:
+        """Which captions are longer than ``max_length`` tokens (and so are cut by :meth:`encode`)."""
+        # One extra token tells a caption that fits exactly from one that was cut.
+        probe = self.tokenizer(list(captions), truncation=True, max_length=self.max_length + 1)["input_ids"]
+        return [len(ids) > self.max_length for ids in probe]
+
     @torch.no_grad()
     def encode(self, captions: Sequence[str], pad_to_max_length: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """``(last_hidden_state [B, max_length, D] float32, attention_mask [B, max_length] long)``.
@@ -305,10 +311,7 @@ class FrozenTextEncoder(nn.Module):
         if isinstance(captions, str):
             captions = [captions]
         captions = list(captions)
-        # One extra token tells a caption that fits exactly from one that was cut.
-        probe = self.tokenizer(captions, truncation=True, max_length=self.max_length + 1)["input_ids"]
-        lengths = [len(x) for x in probe]
-        n_truncated = sum(n > self.max_length for n in lengths)
+        n_truncated = sum(self.truncated(captions))
         if n_truncated:
             log.warning(
                 "%d of %d captions are longer than %d tokens and were truncated",

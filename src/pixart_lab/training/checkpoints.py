@@ -12,8 +12,10 @@ import json
 import logging
 from pathlib import Path
 
+import lightning as L
 import torch
 from diffusers import ModelMixin
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -28,7 +30,7 @@ from pixart_lab.models.official_checkpoint import (
     read_original_checkpoint,
     write_original_checkpoint,
 )
-from pixart_lab.utils.io import atomic_dir, atomic_save
+from pixart_lab.utils.io import atomic_dir, atomic_save, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,42 @@ def _is_micro_condition(key: str) -> bool:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written to a temporary file and renamed: a killed run never leaves half a file."""
+    """Lightning checkpoints written to a temporary file and renamed: a killed run never leaves half a
+    file (and the next save removes what a killed one left), a full disk never spoils the last one."""
 
     def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options=None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` every N training steps that, at a step Lightning validates, saves after the
+    validation rather than before it: the checkpoint then holds that step's validation results (in the
+    metric history), and a run resumed from it misses none."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._after_validation = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        # Lightning's own rule, evaluated at the same point it evaluates it (right after these hooks).
+        if trainer.enable_validation and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            self._after_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, *args)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_deferred(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_deferred(trainer, pl_module)  # a validation that did not run after all
+
+    def _save_deferred(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)
 
 
 def resolve_init(init: str | None, checkpoints_dir: str | Path, key: str = "init") -> Path | None:
@@ -79,6 +112,11 @@ def resolve_init(init: str | None, checkpoints_dir: str | Path, key: str = "init
             "or give an official .pth, a diffusers transformer folder or a pipeline folder"
         )
     return path
+
+
+def weight_files(init: Path) -> list[Path]:
+    """The weight files behind a :func:`resolve_init` result (an official ``.pth`` or a model folder)."""
+    return [init] if init.is_file() else [init / name for name in WEIGHT_FILES if (init / name).is_file()]
 
 
 def read_transformer_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -10,10 +10,15 @@ SD-class baseline trains through the same module with Stable Diffusion's objecti
 All randomness of a step (posterior sample, timesteps, noise, condition dropout) comes from a
 generator seeded by ``(seed, global_step)``: a run resumed from a mid-stage checkpoint continues
 the same loss sequence, and validation sees identical noise at every evaluation.
+
+A step whose loss or gradients are not finite stops the run (``nan_policy="stop"``), naming the
+step and its samples, before any weight, optimiser state or checkpoint sees it; ``"skip"`` drops
+that optimiser step (and its EMA update) instead and counts it in ``train/skipped_steps``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -28,6 +33,11 @@ from pixart_lab.diffusion.schedule import NoiseSchedule
 from pixart_lab.models.denoisers import Denoiser
 from pixart_lab.training.ema import EMA
 from pixart_lab.training.lr_schedule import warmup_cosine
+from pixart_lab.utils.errors import ConfigError, NonFiniteError
+
+log = logging.getLogger(__name__)
+
+NAN_POLICIES = ("stop", "skip")
 
 
 def sqrt_scaled_lr(lr: float, effective_batch_size: int, base_batch_size: int) -> float:
@@ -55,8 +65,12 @@ class DiffusionModule(L.LightningModule):
         ema_warmup: bool = True,
         gradient_checkpointing: bool = False,
         seed: int = 0,
+        nan_policy: str = "stop",
+        max_skipped_steps: int = 100,
     ):
         super().__init__()
+        if nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"module.nan_policy={nan_policy!r}: expected one of {', '.join(NAN_POLICIES)}")
         self.denoiser = denoiser
         self.ema = EMA(denoiser, ema_decay, ema_warmup)
         self.schedule = NoiseSchedule.named(beta_schedule, num_timesteps, beta_start, beta_end)
@@ -65,22 +79,21 @@ class DiffusionModule(L.LightningModule):
         self.base_batch_size, self.warmup_steps, self.seed = base_batch_size, warmup_steps, seed
         if gradient_checkpointing:
             denoiser.network.enable_gradient_checkpointing()
+        self.nan_policy, self.max_skipped_steps = nan_policy, max_skipped_steps
+        # A buffer, so the count is saved in checkpoints and survives a resume.
+        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self._batch_start: float | None = None
         self._batch_size = 0
+        self._step_indices: list[torch.Tensor] = []  # sample indices of the micro-batches since the last update
+        self._skip_update = False
 
     def _generator(self, offset: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + offset)
 
-    def diffusion_losses(
+    def per_sample_losses(
         self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
     ) -> dict[str, torch.Tensor]:
-        """Batch-mean loss (and its parts) of ``denoiser`` at random timesteps."""
-        return {k: v.mean() for k, v in self.example_losses(denoiser, batch, generator, drop_conditions).items()}
-
-    def example_losses(
-        self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
-    ) -> dict[str, torch.Tensor]:
-        """Per-example loss (hybrid, or L_simple for a fixed variance; and its parts) of ``denoiser`` at random timesteps, each of shape [N]."""
+        """Loss (hybrid, or L_simple for a fixed variance) and its parts of every sample of the batch, at random timesteps."""
         x0 = sample_latents(batch, generator)
         n = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=generator, device=self.device)
@@ -94,10 +107,45 @@ class DiffusionModule(L.LightningModule):
             return hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
         return simple_loss(output, noise.float())
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self.diffusion_losses(self.denoiser, batch, self._generator(self.global_step), drop_conditions=True)
+    def diffusion_losses(
+        self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
+    ) -> dict[str, torch.Tensor]:
+        """Batch-mean loss (and its parts) of ``denoiser`` at random timesteps."""
+        parts = self.per_sample_losses(denoiser, batch, generator, drop_conditions)
+        return {k: v.mean() for k, v in parts.items()}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        self._step_indices.append(batch["index"])
+        parts = self.per_sample_losses(self.denoiser, batch, self._generator(self.global_step), drop_conditions=True)
+        losses = {k: v.mean() for k, v in parts.items()}
+        if not torch.isfinite(losses["loss"]):
+            self._non_finite("loss", batch["index"][~torch.isfinite(parts["loss"])], float(losses["loss"]))
+            return None  # skipped: Lightning runs no backward, the optimiser has no gradient to apply
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=batch["latent_mean"].shape[0])
         return losses["loss"]
+
+    def _non_finite(self, what: str, indices: torch.Tensor, value: float) -> None:
+        """Stop the run (``nan_policy="stop"``) or mark this optimiser step as skipped, naming step and samples."""
+        keys = self.sample_keys(indices if len(indices) else torch.cat(self._step_indices))
+        where = f"step {self.global_step + 1}: {what} is {value} (samples: {', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
+        if self.nan_policy == "stop":
+            checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            raise NonFiniteError(
+                f"{where}; stopped before the update (module.nan_policy=stop), last checkpoint: {checkpoint}; "
+                "module.nan_policy=skip skips such steps"
+            )
+        self._skip_update = True
+        self.skipped_steps += 1
+        log.warning("%s; optimiser step skipped (%d so far, module.nan_policy=skip)", where, int(self.skipped_steps))
+        if int(self.skipped_steps) > self.max_skipped_steps:
+            raise NonFiniteError(f"{where}; more than module.max_skipped_steps={self.max_skipped_steps} steps skipped")
+
+    def sample_keys(self, indices: torch.Tensor) -> list[str]:
+        """Record keys of training-set ``indices`` (the batch's ``index``), or the indices where unknown."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_set", None)
+        keys = getattr(dataset, "keys", None)
+        return [keys[i] if keys else f"index {i}" for i in indices.tolist()]
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Throughput of the previous whole step (data, forward, backward, optimiser, EMA).
@@ -107,11 +155,27 @@ class DiffusionModule(L.LightningModule):
         self._batch_start, self._batch_size = now, batch["latent_mean"].shape[0]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
-        self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))  # before clipping
+        # After backward (and AMP unscaling), before clipping and the update.
+        self.log("train/skipped_steps", self.skipped_steps.float())
+        params = [p for p in self.denoiser.parameters() if p.grad is not None]
+        if not params:  # the step's loss was skipped: no backward ran
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self.log("train/grad_norm", norm)  # before clipping
+        # fp16's GradScaler skips inf/NaN steps itself (and lowers its scale): leave those to it.
+        if not self._skip_update and not torch.isfinite(norm) and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            self._non_finite("gradient norm", torch.tensor([], dtype=torch.long), float(norm))
+        if self._skip_update:
+            for p in params:
+                p.grad = None  # AdamW leaves parameters without a gradient (and their moments) untouched
 
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        self.ema.update(self.denoiser)
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: checkpoint callbacks run before the module's batch-end hook,
+        # so an EMA updated there would be saved one update behind and a resumed run would lose it.
+        if not self._skip_update:
+            self.ema.update(self.denoiser)
+        self._skip_update, self._step_indices = False, []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         n = batch["latent_mean"].shape[0]

@@ -40,7 +40,7 @@ class PriorPreservationModule(DiffusionModule):
         self.prior_loss_weight = float(prior_loss_weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        parts = self.example_losses(self.denoiser, batch, self._generator(self.global_step), drop_conditions=True)
+        parts = self.per_sample_losses(self.denoiser, batch, self._generator(self.global_step), drop_conditions=True)
         instance = batch["instance"].to(parts["loss"].device)
         instance_loss = parts["loss"][instance].mean()
         prior_loss = parts["loss"][~instance].mean() if (~instance).any() else torch.zeros_like(instance_loss)

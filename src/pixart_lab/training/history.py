@@ -26,7 +26,8 @@ class MetricHistory(L.Callback):
     after each validation (at the step it ran); write them as one CSV at the end.
 
     Column names drop the ``train/`` prefix, so ``train/loss`` becomes ``loss`` (DVC plots' y-axis);
-    other prefixes stay, joined by ``_`` (``val/loss`` becomes ``val_loss``).
+    other prefixes stay, joined by ``_`` (``val/loss`` becomes ``val_loss``). The rows are saved in
+    checkpoints, so a resumed run writes the whole history; values are rounded only in the CSV.
     """
 
     def __init__(self, path: str | Path, keys: Sequence[str] = ("train/loss",), every_n_steps: int = 10):
@@ -39,7 +40,7 @@ class MetricHistory(L.Callback):
 
     def _record(self, trainer: L.Trainer, keys: Sequence[str]) -> None:
         metrics = trainer.callback_metrics
-        values = {self.column(k): round(float(metrics[k]), 6) for k in keys if k in metrics}
+        values = {self.column(k): float(metrics[k]) for k in keys if k in metrics}
         if not values:
             return
         if self.rows and self.rows[-1]["step"] == trainer.global_step:
@@ -58,4 +59,11 @@ class MetricHistory(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            write_csv(self.path, self.rows, ["step", *map(self.column, self.keys)])
+            rows = [{k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in self.rows]
+            write_csv(self.path, rows, ["step", *map(self.column, self.keys)])
+
+    def state_dict(self) -> dict:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = [dict(row) for row in state_dict["rows"]]
