@@ -9,7 +9,9 @@ traceback; ``HYDRA_FULL_ERROR=1`` shows tracebacks for everything.
 
 Hydra accepts any value for a key whose default is a plain YAML value (``stage.max_steps=abc``), so
 each command-line value is compared with the type of the value it replaces before the job starts.
-The config directory is given as an absolute path, so the stages also run as ``pixart-lab <stage>``.
+The config directory is the checkout's ``conf/`` when the command runs from one (as DVC runs the
+stages, so the parameters DVC tracks are the ones used), else the one beside the package; given as
+an absolute path, so the stages also run as ``pixart-lab <stage>`` from anywhere.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from pixart_lab.utils.errors import ConfigError, PixArtLabError
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+PACKAGE_CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 USAGE_EXIT, RUNTIME_EXIT = 2, 1
 # File-system errors say what to fix, and their messages name the path.
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -52,10 +54,10 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Cal
                 check_override_types()
                 return task(cfg)
 
-        hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(checked)
-
         @functools.wraps(task)
         def main(*args: Any) -> Any:
+            config_path = str(conf_dir(config_name))
+            hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(checked)
             os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises composition errors instead of printing them
             try:
                 with reported(enabled=not tracebacks):
@@ -67,6 +69,13 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Cal
         return main
 
     return decorate
+
+
+def conf_dir(config_name: str) -> Path:
+    """``conf/`` of the checkout the command runs in (where DVC runs every stage, and whose files
+    dvc.yaml tracks as params), else the one beside this package."""
+    local = Path.cwd() / "conf"
+    return local if (local / f"{config_name}.yaml").is_file() else PACKAGE_CONF_DIR
 
 
 @contextmanager
