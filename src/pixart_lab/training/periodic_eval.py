@@ -103,15 +103,15 @@ class PeriodicEvaluation(L.Callback):
         return row
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.rows and self.rows[-1]["step"] == trainer.global_step:
-            return
-        with excluded_from_cost(trainer):
-            row = self.evaluate(trainer, pl_module)
-        self.rows.append(row)
+        """Evaluate this step (once) and rewrite the CSV, rows restored from a checkpoint included."""
+        if not self.rows or self.rows[-1]["step"] != trainer.global_step:
+            with excluded_from_cost(trainer):
+                row = self.evaluate(trainer, pl_module)
+            self.rows.append(row)
+            for logger in trainer.loggers:
+                logger.log_metrics({f"eval/{k}": v for k, v in row.items() if k != "step" and v is not None}, step=trainer.global_step)
+            log.info("step %d: %s", trainer.global_step, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
         write_csv(self.csv_path, self.rows, CURVE_COLUMNS)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{k}": v for k, v in row.items() if k != "step" and v is not None}, step=trainer.global_step)
-        log.info("step %d: %s", trainer.global_step, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step
