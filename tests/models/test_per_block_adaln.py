@@ -60,3 +60,17 @@ def test_per_block_has_an_mlp_per_block_and_they_train_apart(single):
 def test_converting_twice_is_refused(single):
     with pytest.raises(ValueError, match="converted twice"):
         per_block_adaln(per_block_adaln(single))
+
+
+def test_export_keeps_every_blocks_own_modulation(single, tmp_path):
+    from safetensors.torch import load_file
+
+    from pixart_lab.training.checkpoints import export_network
+
+    per_block = per_block_adaln(copy.deepcopy(single))
+    for i, block in enumerate(per_block.transformer_blocks):
+        torch.nn.init.constant_(block.modulation.bias, float(i))  # trained apart
+    saved = load_file(export_network(per_block, tmp_path) / "diffusion_pytorch_model.safetensors")
+    assert not any(k.startswith("adaln_single.linear") for k in saved)
+    for i in range(CONFIG["num_layers"]):
+        assert torch.equal(saved[f"transformer_blocks.{i}.modulation.bias"], torch.full((6 * 16,), float(i)))

@@ -48,6 +48,11 @@ def per_block_adaln(transformer: PixArtTransformer2DModel) -> PixArtTransformer2
     return transformer
 
 
+def has_per_block_adaln(transformer: nn.Module) -> bool:
+    """True for a transformer converted by :func:`per_block_adaln`."""
+    return isinstance(getattr(getattr(transformer, "adaln_single", None), "linear", None), nn.Identity)
+
+
 def per_block_adaln_pixart(**pixart_kwargs: Any) -> PixArtTransformer2DModel:
     """``PixArtTransformer2DModel(**pixart_kwargs)`` with per-block adaLN (the model config's ``_target_``)."""
     return per_block_adaln(PixArtTransformer2DModel(**pixart_kwargs))
@@ -60,4 +65,4 @@ def modulation_parameters(transformer: PixArtTransformer2DModel) -> int:
     return sum(p.numel() for m in mlps if m is not None for p in m.parameters()) + sum(t.numel() for t in tables)
 
 
-__all__ = ["modulation_parameters", "per_block_adaln", "per_block_adaln_pixart"]
+__all__ = ["has_per_block_adaln", "modulation_parameters", "per_block_adaln", "per_block_adaln_pixart"]
