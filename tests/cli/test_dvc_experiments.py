@@ -19,7 +19,7 @@ def tiny_stage(workspace: Path) -> dict:
     """dvc.yaml's one stage: stage 2 on the tiny workspace's features, its outputs inside the repository."""
     inside = {"run_name": "exp", "paths.checkpoints_dir": "checkpoints", "paths.metrics_dir": "metrics",
               "paths.plots_dir": "plots", "paths.log_dir": "logs", "hydra.run.dir": "logs/hydra"}  # fmt: skip
-    cmd = [arg.split("=", 1)[0] in inside and f"{arg.split('=', 1)[0]}={inside[arg.split('=', 1)[0]]}" or arg
+    cmd = [f"{key}={inside[key]}" if (key := arg.split("=", 1)[0]) in inside else arg
            for arg in tiny_train_command(workspace, ["2_alignment"], "", max_steps=4)]  # fmt: skip
     return {
         "cmd": " ".join(cmd),
