@@ -12,6 +12,8 @@ TESTS = Path(__file__).resolve().parent
 
 def tiny_train_command(workspace: Path, stages: list[str], run_prefix: str, *extra: str, max_steps: int = 8) -> list[str]:
     """The command for ``stages`` (several, or ``-m`` in ``extra``: a Hydra multirun) in ``workspace``."""
+    multirun = len(stages) > 1 or "-m" in extra
+    extra = tuple(arg for arg in extra if arg != "-m")  # Hydra's argparse takes -m only before the overrides
     w = workspace
     cmd = [
         sys.executable, "-m", "pixart_lab.cli.train_stage", f"stage={','.join(stages)}", "init=scratch",
@@ -25,7 +27,7 @@ def tiny_train_command(workspace: Path, stages: list[str], run_prefix: str, *ext
         "num_threads=1", f"hydra.run.dir={w}/hydra/{run_prefix}{'_'.join(stages)}", f"hydra.sweep.dir={w}/hydra/{run_prefix}",
         *extra,
     ]  # fmt: skip
-    if len(stages) > 1 and "-m" not in extra:
+    if multirun:
         cmd.insert(3, "-m")
     return cmd
 
