@@ -9,55 +9,24 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from interruptions import kill_point, kill_seed
 from safetensors.torch import load_file
+from tiny_runs import finish, start, tiny_train_command
 
-TESTS = Path(__file__).resolve().parents[1]
 MAX_STEPS = 8
 STAGES = {"1_pixel": "stage1", "2_alignment": "stage2"}
 TIMING_COLUMNS = {"samples_per_s", "cost_device_hours"}
 
 
-@pytest.fixture(scope="module")
-def workspace(tiny_features, saved_tiny_models, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("kill_resume")
-    (root / "features").symlink_to(tiny_features)
-    (root / "models").symlink_to(saved_tiny_models)
-    return root
-
-
 def train(workspace: Path, stages: list[str], run_prefix: str, *extra: str) -> subprocess.Popen:
-    """Start ``train_stage`` on the tiny models for ``stages`` (one process; several as a Hydra multirun)."""
-    w = workspace
-    cmd = [
-        sys.executable, "-m", "pixart_lab.cli.train_stage", f"stage={','.join(stages)}", "init=scratch",
-        f"run_name={run_prefix}${{stage.name}}", f"paths.features_dir={w}/features", f"paths.checkpoints_dir={w}/ckpt",
-        f"paths.metrics_dir={w}/metrics", f"paths.plots_dir={w}/plots", f"paths.log_dir={w}/logs",
-        f"vae.pretrained={w}/models/vae", f"text_encoder.pretrained={w}/models/text_encoder",
-        "backbone.num_layers=2", "backbone.attention_head_dim=24", "backbone.hidden_size=48", "backbone.caption_channels=32",
-        f"stage.max_steps={MAX_STEPS}", "stage.batch_size=8", "stage.warmup_steps=2", "stage.checkpoint_every_n_steps=1",
-        "stage.val_every_n_steps=3", "stage.val_batches=1", "stage.grid.every_n_steps=0", "periodic_eval=null", "cost.prior_runs=[]", "sampler.steps=2",
-        "logger=csv", "trainer.log_every_n_steps=1", "outputs.plot_every_n_steps=1", "cost.measure_energy=false",
-        "num_threads=1", f"hydra.run.dir={w}/hydra/{run_prefix}{'_'.join(stages)}", f"hydra.sweep.dir={w}/hydra/{run_prefix}",
-        *extra,
-    ]  # fmt: skip
-    if len(stages) > 1:
-        cmd.insert(3, "-m")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "WANDB_MODE": "offline"}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(process: subprocess.Popen) -> int:
-    out, err = process.communicate(timeout=600)
-    process.output = f"{' '.join(process.args)}\n{out[-2000:]}\n{err[-4000:]}"
-    return process.returncode
+    """Start ``train_stage`` on the tiny models for ``stages`` (one process; several as a Hydra multirun
+    whose stages share the workspace's folders, as single runs do)."""
+    return start(tiny_train_command(workspace, stages, run_prefix, "job_outputs=false", *extra, max_steps=MAX_STEPS))
 
 
 def logged_losses(workspace: Path, run: str, session: int) -> dict[int, float]:

@@ -5,7 +5,8 @@ An unknown key, an unknown group option, a wrongly typed value, a missing requir
 a full disk, or a :class:`~pixart_lab.utils.errors.PixArtLabError` (refused resume, NaN loss, ...)
 ends the command with ``error: <what, naming the key or path>`` on stderr and exit status 2
 (command line) or 1 (run time), instead of a traceback. Anything else is a bug and keeps its full
-traceback; ``HYDRA_FULL_ERROR=1`` shows tracebacks for everything.
+traceback; ``HYDRA_FULL_ERROR=1`` shows tracebacks for everything. In a multirun each job runs as
+its own command (:mod:`pixart_lab.cli.multirun`) and returns ``optimized_metric`` where one is set.
 
 Hydra accepts any value for a key whose default is a plain YAML value (``stage.max_steps=abc``), so
 each command-line value is compared with the type of the value it replaces before the job starts.
@@ -33,6 +34,7 @@ from hydra.errors import HydraException, InstantiationException, MissingConfigEx
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
+from pixart_lab.cli.multirun import single_job, sweep_objective
 from pixart_lab.utils.errors import ConfigError, PixArtLabError
 
 PACKAGE_CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
@@ -50,9 +52,9 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Cal
 
         @functools.wraps(task)
         def checked(cfg: DictConfig) -> Any:
-            with reported(enabled=not tracebacks, cfg=cfg):  # inside the job, before Hydra adds its own report
+            with reported(enabled=not tracebacks, cfg=cfg), single_job():  # inside the job, before Hydra adds its own report
                 check_override_types()
-                return task(cfg)
+                return sweep_objective(task(cfg), cfg)
 
         @functools.wraps(task)
         def main(*args: Any) -> Any:

@@ -100,8 +100,9 @@ def write_run_metrics(cfg: DictConfig, module, result: FitResult, start: float, 
     metrics["cost"] = result.cost.summary()
     if result.quality is not None and result.quality.rows:
         metrics["quality"] = result.quality.rows[-1]
-    write_json(cfg.outputs.metrics, metrics)
-    print(f"{cfg.run_name}: {metrics}")
+    if result.trainer.is_global_zero:  # DDP: every rank holds the same run; one writes it
+        write_json(cfg.outputs.metrics, metrics)
+        print(f"{cfg.run_name}: {metrics}")
     return metrics
 
 
@@ -120,8 +121,9 @@ def main(cfg: DictConfig) -> dict:
     module = instantiate(cfg.module, denoiser=denoiser)
     result = fit(cfg, module, data, fingerprint, resume)
 
-    export_network(module.ema.module.network, cfg.run_dir, module.denoiser.component)
-    save_noise_schedule(cfg.run_dir, cfg.model.objective)
+    if result.trainer.is_global_zero:
+        export_network(module.ema.module.network, cfg.run_dir, module.denoiser.component)
+        save_noise_schedule(cfg.run_dir, cfg.model.objective)
     return write_run_metrics(cfg, module, result, start, init=cfg.init, caption=cfg.caption, model=cfg.model.name)
 
 

@@ -33,6 +33,7 @@ from transformers import T5EncoderModel
 from pixart_lab.data.scene import NUM_CLASSES, class_name
 from pixart_lab.models.denoisers import unmasked_context
 from pixart_lab.models.official_checkpoint import ORIGINAL_SUFFIXES, load_original_checkpoint
+from pixart_lab.models.per_block_adaln import has_per_block_adaln, per_block_adaln
 from pixart_lab.models.text_encoder import FrozenTextEncoder
 from pixart_lab.models.vae import load_vae
 from pixart_lab.utils.io import atomic_dir, write_json
@@ -48,6 +49,8 @@ def untied_copy(transformer: nn.Module) -> nn.Module:
     ``save_pretrained`` writes safetensors, which refuses tensors that share memory.
     """
     clone = type(transformer).from_config(transformer.config)
+    if has_per_block_adaln(transformer):  # the adaLN ablation: its blocks' own MLPs are not in the config
+        per_block_adaln(clone)
     clone.load_state_dict(transformer.state_dict())
     dtype = next(transformer.parameters()).dtype
     return (clone if dtype == torch.float32 else clone.to(dtype)).eval()
