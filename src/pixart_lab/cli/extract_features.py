@@ -1,4 +1,8 @@
-"""Stage `extract_features`: cache VAE latents and T5 caption embeddings for every split."""
+"""Stage `extract_features`: cache VAE latents and T5 caption embeddings for every split.
+
+``features.workers=N`` spreads the shards over N local processes; under torchrun each rank takes
+its part (data/extraction_workers.py). Either way the cache equals a one-worker cache.
+"""
 
 from __future__ import annotations
 
@@ -10,50 +14,51 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pixart_lab.cli.entry import entry_point
-from pixart_lab.data.features import SplitSpec, cache_summary, extract_split
+from pixart_lab.data.extraction_workers import (
+    ExtractionJob, extract_part, launched_rank, merge_parts, run_local_workers, worker_throughput,
+)  # fmt: skip
+from pixart_lab.data.features import SplitSpec, cache_summary
 from pixart_lab.data.images import ImageLimits
-from pixart_lab.data.records import SkipReport
-from pixart_lab.models.text_encoder import FrozenTextEncoder
-from pixart_lab.models.vae import load_vae
-from pixart_lab.utils.device import pick_device
+from pixart_lab.utils.errors import ConfigError
 from pixart_lab.utils.io import write_json
 
 
 @entry_point("extract_features")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> dict | None:
     torch.set_num_threads(cfg.features.num_threads)
     start = time.perf_counter()
     feats = cfg.features
-    device = pick_device(feats.device)
+    rank, world_size, local_rank = launched_rank()
+    if feats.workers > 1 and world_size > 1:
+        raise ConfigError(f"features.workers={feats.workers} starts local workers; under a launcher of "
+                          f"{world_size} ranks leave it at 1")  # fmt: skip
     limits = ImageLimits(cfg.images.max_pixels, cfg.images.min_side, tuple(cfg.images.background))
     # Readers first: a missing data folder is reported before any model is loaded.
     readers = {name: instantiate(cfg.data.splits[name], limits=limits) for name in feats.splits if name in cfg.data.splits}
-    vae = load_vae(cfg.vae.pretrained, cfg.vae.get("subfolder"), cfg.vae.get("scaling_factor")).eval()
-    vae = vae.to(device, memory_format=torch.channels_last)  # measured 1.2x faster convolutions on CPU
-    text_encoder = FrozenTextEncoder.from_config(cfg.text_encoder)
-    if not getattr(text_encoder.encoder, "is_loaded_in_8bit", False):  # bitsandbytes placed it already
-        text_encoder.to(device)
-    report = SkipReport(source="extract_features")
-    splits = {}
-    for name, reader in readers.items():
-        spec = SplitSpec(name=name, **OmegaConf.to_container(feats.splits[name], resolve=True))
-        splits[name] = extract_split(
-            reader.records(), spec, Path(feats.out_dir) / name, vae, text_encoder, report,
-            shard_size=feats.shard_size, batch_size=feats.batch_size, emb_dtype=getattr(torch, feats.emb_dtype),
-            limits=limits,
-        )  # fmt: skip
+    splits = {
+        name: (SplitSpec(name=name, **OmegaConf.to_container(feats.splits[name], resolve=True)), reader.records())
+        for name, reader in readers.items()
+    }
+    plain = [OmegaConf.to_container(node, resolve=True) for node in (cfg.vae, cfg.text_encoder, feats)]
+    job = ExtractionJob(*plain, limits=limits, splits=splits)
+    if feats.workers > 1:
+        parts, world_size = run_local_workers(job, feats.workers), feats.workers
+    else:
+        parts = [extract_part(job, rank, world_size, local_rank)]
+    try:
+        stats, report = merge_parts(job, parts, world_size)
+    except ValueError as e:  # a launcher's rank that finished before the others: the last one merges
+        print(f"features: rank {rank} of {world_size} done; {e}")
+        return None
+    for reader in readers.values():
         report.merge(reader.report)
-    report.kept = sum(s["count"] for s in splits.values())  # readers count what they pass on; some fail to decode
-    manifest = {
-        "vae": {"source": str(cfg.vae.pretrained), "scaling_factor": float(vae.config.scaling_factor),
-                "latent_channels": int(vae.config.latent_channels)},
-        "text_encoder": {"source": str(cfg.text_encoder.pretrained), "max_length": cfg.text_encoder.max_length,
-                         "hidden_size": text_encoder.hidden_size},
-        "splits": {name: {"count": s["count"]} for name, s in splits.items()},
-    }  # fmt: skip
+    report.kept = sum(s["count"] for s in stats.values())  # readers count what they pass on; some fail to decode
+    manifest = {**parts[0]["models"], "splits": {name: {"count": s["count"]} for name, s in stats.items()}}
     write_json(Path(feats.out_dir) / "manifest.json", manifest)
     report.write(Path(feats.out_dir) / "report.json")
-    metrics = cache_summary(splits, report, time.perf_counter() - start)
+    metrics = cache_summary(stats, report, time.perf_counter() - start)
+    if world_size > 1:
+        metrics["workers"] = worker_throughput(parts)
     write_json(cfg.outputs.metrics, metrics)
     print(f"features: {metrics['images']} images cached, {metrics['skipped']} skipped, {metrics['converted']} "
           f"conversions (see {Path(feats.out_dir) / 'report.json'}), {metrics['images_per_second']} images/s")  # fmt: skip

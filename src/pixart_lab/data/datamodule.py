@@ -66,18 +66,24 @@ class FeatureDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         shard_id, row = self.items[index]
-        shard = self.shards[shard_id]
-        height, width = self.sizes[shard_id]
-        return {
-            "latent_mean": shard["latent_mean"][row] * self.scaling_factor,
-            "latent_std": shard["latent_std"][row] * self.scaling_factor,
-            "caption_emb": shard[f"{self.caption}_emb"][row].float(),
-            "caption_mask": shard[f"{self.caption}_mask"][row].long(),
-            "label": shard["label"][row],
-            "aesthetic": shard["aesthetic"][row],
-            "hw": torch.tensor([height, width], dtype=torch.float32),
-            "index": index,
-        }
+        return feature_item(self.shards[shard_id], row, self.sizes[shard_id], self.scaling_factor, self.caption, index)
+
+
+def feature_item(
+    shard: dict[str, torch.Tensor], row: int, hw: tuple[int, int], scaling_factor: float, caption: str, index: int
+) -> dict:
+    """Row ``row`` of a shard's tensors as a training item: scaled posterior moments, caption embedding
+    and mask, label, aesthetic score, bucket size ``hw``; ``index`` identifies it in the split."""
+    return {
+        "latent_mean": shard["latent_mean"][row] * scaling_factor,
+        "latent_std": shard["latent_std"][row] * scaling_factor,
+        "caption_emb": shard[f"{caption}_emb"][row].float(),
+        "caption_mask": shard[f"{caption}_mask"][row].long(),
+        "label": shard["label"][row],
+        "aesthetic": shard["aesthetic"][row],
+        "hw": torch.tensor(hw, dtype=torch.float32),
+        "index": index,
+    }
 
 
 def sample_latents(batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -14,6 +14,11 @@ Shards are written to a temporary name and renamed, so a killed run leaves only 
 re-run skips those and computes the rest (resume). A shard is re-used only if it holds exactly the
 records its place in the plan should hold, and the index records each shard's SHA-256, which every
 reader checks: a damaged or foreign shard is never read, and no sample is cached twice.
+
+Extraction splits across ``world_size`` workers (processes, or ranks of torchrun): the plan is the
+same for all, worker ``rank`` writes every ``world_size``-th shard of it and a manifest
+``workers/rank-<r>-of-<n>.json``; :func:`merge_split` turns the manifests into the one index, equal
+to the index a single worker writes.
 """
 
 from __future__ import annotations
@@ -129,14 +134,36 @@ def unique_records(records: Sequence[Record], report: SkipReport) -> list[Record
     return unique
 
 
-def _remove_stale_files(out_dir: Path, planned: set[str]) -> None:
-    """Remove temporary files of a killed run and shards outside the plan (e.g. of another shard size)."""
-    for path in out_dir.glob(".*.tmp"):
+def _remove_stale_files(out_dir: Path, planned: set[str], own: set[str] | None = None) -> None:
+    """Remove temporary files of a killed run (all, or those of this worker's ``own`` shards: the other
+    workers may be writing theirs) and shards outside the plan (e.g. of another shard size)."""
+    patterns = [".*.tmp"] if own is None else [f".{name}.*.tmp" for name in own]  # atomic_path's temporaries
+    for path in (path for pattern in patterns for path in out_dir.glob(pattern)):
         path.unlink(missing_ok=True)
     for path in out_dir.glob("*.safetensors"):
         if path.name not in planned:
             log.info("removing %s: not a shard of the current plan", path)
-            path.unlink()
+            path.unlink(missing_ok=True)
+
+
+def shard_plan(records: Sequence[Record], spec: SplitSpec, shard_size: int) -> list[tuple[str, tuple[int, int], int, list[Record]]]:
+    """The deterministic plan of one split: (bucket, size, shard index, records) per shard, buckets in order."""
+    return [
+        (bucket, spec.buckets()[bucket], i // shard_size, group[i : i + shard_size])
+        for bucket, group in assign_buckets(records, spec).items()
+        for i in range(0, len(group), shard_size)
+    ]
+
+
+def worker_manifest(out_dir: str | Path, rank: int, world_size: int) -> Path:
+    return Path(out_dir) / "workers" / f"rank-{rank:03d}-of-{world_size:03d}.json"
+
+
+def write_index(out_dir: Path, split: str, shards: list[dict]) -> dict:
+    """Write ``out_dir/index.json`` listing ``shards`` (in plan order) and return it."""
+    index = {"split": split, "shards": shards, "count": sum(s["count"] for s in shards)}
+    write_json(out_dir / "index.json", index)
+    return index
 
 
 def pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -208,12 +235,18 @@ def extract_split(
     progress: bool = True,
     on_shard_written: Callable[[Path], None] | None = None,
     limits: ImageLimits = ImageLimits(),
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
-    """Extract every missing shard of one split and write its index; return counts and throughput."""
+    """Extract every missing shard of one split (of worker ``rank``'s part) and write its index (its
+    manifest); return counts and throughput."""
     encode = partial(
         encode_shard, vae=vae, text_encoder=text_encoder, batch_size=batch_size, emb_dtype=emb_dtype, limits=limits
     )
-    return cache_split(records, spec, out_dir, encode, report, shard_size, progress, on_shard_written, desc="features")
+    return cache_split(
+        records, spec, out_dir, encode, report, shard_size, progress, on_shard_written, desc="features", rank=rank,
+        world_size=world_size,
+    )  # fmt: skip
 
 
 def cache_split(
@@ -226,21 +259,26 @@ def cache_split(
     progress: bool = True,
     on_shard_written: Callable[[Path], None] | None = None,
     desc: str = "cache",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
     """Write every missing shard ``encode`` makes of one split (atomically) and its index; counts and
-    throughput. Skips and conversions go to ``report``, those of re-used shards included."""
+    throughput. Skips and conversions go to ``report``, those of re-used shards included.
+
+    With ``world_size > 1`` only the shards of worker ``rank`` are made, and its manifest is written
+    instead of the index (:func:`merge_split` writes that)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"worker rank {rank} outside 0..{world_size - 1} (world_size={world_size})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = unique_records(records, report)
-    plan = [
-        (bucket, spec.buckets()[bucket], i // shard_size, group[i : i + shard_size])
-        for bucket, group in assign_buckets(records, spec).items()
-        for i in range(0, len(group), shard_size)
-    ]
-    _remove_stale_files(out_dir, {shard_name(bucket, index) for bucket, _, index, _ in plan})
+    plan = shard_plan(records, spec, shard_size)
+    mine = plan[rank::world_size]
+    planned = [shard_name(bucket, index) for bucket, _, index, _ in plan]
+    _remove_stale_files(out_dir, set(planned), set(planned[rank::world_size]) if world_size > 1 else None)
     shards, computed_images, seconds = [], 0, 0.0
-    bar = tqdm(total=len(records), desc=f"{desc} {spec.name}", unit="img", disable=not progress)
-    for bucket, size, index, chunk in plan:
+    bar = tqdm(total=sum(len(chunk) for *_, chunk in mine), desc=f"{desc} {spec.name}", unit="img", disable=not progress)
+    for bucket, size, index, chunk in mine:
         path = out_dir / shard_name(bucket, index)
         if not _shard_is_complete(path, chunk):
             start = time.perf_counter()
@@ -263,13 +301,44 @@ def cache_split(
                        "count": len(info["keys"]), "sha256": file_sha256(path)})  # fmt: skip
         bar.update(len(chunk))
     bar.close()
-    index = {"split": spec.name, "shards": shards, "count": sum(s["count"] for s in shards)}
-    write_json(out_dir / "index.json", index)
+    if world_size == 1:
+        count = write_index(out_dir, spec.name, shards)["count"]
+    else:
+        count = sum(s["count"] for s in shards)
+        manifest = {"split": spec.name, "rank": rank, "world_size": world_size, "plan": planned, "shards": shards}
+        write_json(worker_manifest(out_dir, rank, world_size), manifest)
     return {
-        "count": index["count"],
+        "count": count,
         "computed_images": computed_images,
         "images_per_second": round(computed_images / seconds, 1) if seconds else None,
     }
+
+
+def merge_split(out_dir: str | Path, world_size: int, report: SkipReport | None = None) -> dict:
+    """Merge the manifests of ``world_size`` workers into ``out_dir/index.json`` (shards in plan order,
+    as one worker lists them); skips and conversions of every shard go to ``report``.
+
+    Raise ``ValueError`` naming the workers whose manifest is missing or from another plan: the
+    index is written only when every shard of the plan is there."""
+    out_dir = Path(out_dir)
+    paths = [worker_manifest(out_dir, rank, world_size) for rank in range(world_size)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"{out_dir}: {len(missing)} of {world_size} workers have not finished ({', '.join(missing)}); re-run them")
+    manifests = [json.loads(p.read_text()) for p in paths]
+    plan = manifests[0]["plan"]
+    if foreign := [str(p) for p, m in zip(paths, manifests) if m["plan"] != plan]:
+        raise ValueError(f"{out_dir}: workers planned different shards ({', '.join(foreign)} differ from {paths[0]}); re-run them")
+    by_file = {shard["file"]: shard for manifest in manifests for shard in manifest["shards"]}
+    if absent := [name for name in plan if name not in by_file]:
+        raise ValueError(f"{out_dir}: no worker wrote {absent[:3]} ({len(absent)} shards); re-run the workers")
+    shards = [by_file[name] for name in plan]
+    if report is not None:
+        for shard in shards:
+            report.merge(SkipReport.from_dict(shard_info(out_dir / shard["file"]).get("report", {})))
+    for other in set((out_dir / "workers").glob("rank-*.json")) - set(paths):  # of an earlier worker count
+        other.unlink(missing_ok=True)
+    return write_index(out_dir, manifests[0]["split"], shards)
 
 
 def cache_summary(splits: dict[str, dict], report: SkipReport, seconds: float) -> dict:

@@ -8,12 +8,17 @@ which only warns below twice its value.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from pixart_lab.data.records import ImageMember
+
+ImageSource = str | Path | ImageMember
 
 
 @dataclass(frozen=True)
@@ -29,23 +34,41 @@ class ImageLimits:
 class BadImageError(ValueError):
     """An image that cannot be used; ``reason`` is the short, countable cause."""
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: ImageSource, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
 
 
-@contextmanager
-def open_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Iterator[Image.Image]:
-    """Open ``path`` (header only) or raise ``BadImageError``: missing, empty, not an image, too large, too small."""
+def _image_file(path: ImageSource, data: bytes | None) -> Path | io.BytesIO:
+    """What PIL opens: the file at ``path``, or the bytes of ``path`` when it is a shard member
+    (``data``: those bytes, already read)."""
+    if data is None and not isinstance(path, (str, Path)):
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BadImageError(path, f"unreadable shard member ({e})") from e
+    if data is not None:
+        if not data:
+            raise BadImageError(path, "zero-byte image file")
+        return io.BytesIO(data)
     path = Path(path)
     if not path.is_file():
         raise BadImageError(path, "missing image file")
     if path.stat().st_size == 0:
         raise BadImageError(path, "zero-byte image file")
+    return path
+
+
+@contextmanager
+def open_image(path: ImageSource, limits: ImageLimits = ImageLimits(), data: bytes | None = None) -> Iterator[Image.Image]:
+    """Open ``path`` (header only) or raise ``BadImageError``: missing, empty, not an image, too large, too small.
+
+    ``path`` is a file or a shard member; ``data``, when given, is its content already read."""
+    file = _image_file(path, data)
     previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the explicit check below replaces PIL's
     try:
-        image = Image.open(path)
+        image = Image.open(file)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise BadImageError(path, f"unreadable image header ({type(e).__name__})") from e
     finally:
@@ -60,7 +83,7 @@ def open_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Iterato
 
 
 def load_rgb(
-    path: str | Path, limits: ImageLimits = ImageLimits(), note: Callable[[str], None] | None = None
+    path: ImageSource, limits: ImageLimits = ImageLimits(), note: Callable[[str], None] | None = None
 ) -> Image.Image:
     """Decode ``path`` as an 8-bit RGB image, EXIF orientation applied, or raise ``BadImageError``.
 

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pixart_lab.data.images import BadImageError, ImageLimits, open_image
+from pixart_lab.data.images import BadImageError, ImageLimits, ImageSource, open_image
 from pixart_lab.data.records import Record, SkipReport
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 def read_caption(path: Path) -> str:
     """Read a caption file as UTF-8 and collapse whitespace; raise ``ValueError`` with the reason."""
+    return decode_caption(path.read_bytes())
+
+
+def decode_caption(data: bytes) -> str:
+    """A caption's bytes as UTF-8 text, whitespace collapsed; raise ``ValueError`` with the reason."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"caption is not valid UTF-8 (byte {e.start})") from e
     text = " ".join(text.split())
@@ -35,10 +40,11 @@ def read_caption(path: Path) -> str:
     return text
 
 
-def probe_size(path: Path, limits: ImageLimits = ImageLimits()) -> tuple[int, int]:
-    """(height, width) from the image header; raise ``ValueError`` naming why it is unusable."""
+def probe_size(path: ImageSource, limits: ImageLimits = ImageLimits(), data: bytes | None = None) -> tuple[int, int]:
+    """(height, width) from the image header (of ``data`` when given: ``path``'s bytes, already read);
+    raise ``ValueError`` naming why it is unusable."""
     try:
-        with open_image(path, limits) as im:
+        with open_image(path, limits, data) as im:
             return im.height, im.width
     except BadImageError as e:
         raise ValueError(e.reason) from e

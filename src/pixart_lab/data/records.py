@@ -12,6 +12,13 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 
+class ImageMember(Protocol):
+    """An image stored inside a larger file (a member of a tar shard): read whole on demand, named by
+    ``str()`` in reports."""
+
+    def read_bytes(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Record:
     """One training example as any reader yields it.
@@ -19,11 +26,12 @@ class Record:
     ``dense_caption`` is the information-dense caption (PixArt's VLM caption); ``sparse_caption``
     an alt-text-like one where the source has it. ``label`` is the class for stage 1,
     ``aesthetic`` the score used to pick the stage-3 subset, ``scene`` the scene graph (embedded
-    corpus only) used by the evaluators.
+    corpus only) used by the evaluators. ``image_path`` is a file, or a member of a shard (WebDataset
+    tars) that is read in place rather than extracted.
     """
 
     key: str
-    image_path: Path
+    image_path: Path | ImageMember
     dense_caption: str
     sparse_caption: str | None = None
     label: int | None = None
