@@ -64,6 +64,7 @@ class DiffusionModule(L.LightningModule):
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
         gradient_checkpointing: bool = False,
+        compile_network: bool = False,
         seed: int = 0,
         nan_policy: str = "stop",
         max_skipped_steps: int = 100,
@@ -79,6 +80,8 @@ class DiffusionModule(L.LightningModule):
         self.base_batch_size, self.warmup_steps, self.seed = base_batch_size, warmup_steps, seed
         if gradient_checkpointing:
             denoiser.network.enable_gradient_checkpointing()
+        if compile_network:  # in place, after the EMA copy: parameter names (checkpoints, exports) stay the network's
+            denoiser.network.compile()
         self.nan_policy, self.max_skipped_steps = nan_policy, max_skipped_steps
         # A buffer, so the count is saved in checkpoints and survives a resume.
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
