@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -9,7 +11,7 @@ from pixart_lab.data.records import Record, SkipReport
 from pixart_lab.data.streaming import StreamingDataLoader, StreamingFeatureDataModule, StreamingFeatureDataset
 from pixart_lab.utils.io import write_json
 
-from conftest import REPO_ROOT
+
 
 SHAPES = [(64, 64), (48, 96), (96, 48), (64, 64), (80, 56)]  # (height, width): buckets 1.0, 0.5, 2.0, 1.0, 1.33
 
@@ -112,7 +114,7 @@ def test_loader_workers_share_the_shards_and_resume_mid_epoch(tiny_features):
 
 
 def test_train_stage_selects_the_streaming_module_by_config(tiny_features):
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
         cfg = compose("train_stage", overrides=["data_module=streaming", f"paths.features_dir={tiny_features}", "stage=3_aesthetic",
                                                 "stage.batch_size=2", "stage.min_aesthetic=null"])  # fmt: skip
     module = instantiate(cfg.data_module, num_workers=0)
