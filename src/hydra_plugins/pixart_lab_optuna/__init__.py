@@ -1,0 +1,1 @@
+"""Hydra sweeper plugins of PixArt-Lab (found by Hydra in the ``hydra_plugins`` namespace)."""
