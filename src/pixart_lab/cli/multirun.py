@@ -91,6 +91,7 @@ def single_job() -> Iterator[None]:
         yield
     finally:
         end_process_group()
+        end_wandb_run()
         sys.argv = argv
         with read_write(hydra.run):
             hydra.run.dir = previous_dir
@@ -107,6 +108,13 @@ def end_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_wandb_run() -> None:
+    """Finish the job's W&B run: Lightning's WandbLogger would otherwise log the next job into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def sweep_objective(result: Any, cfg: DictConfig) -> Any:
