@@ -39,8 +39,12 @@ def main(cfg: DictConfig) -> dict | None:
         name: (SplitSpec(name=name, **OmegaConf.to_container(feats.splits[name], resolve=True)), reader.records())
         for name, reader in readers.items()
     }
-    plain = [OmegaConf.to_container(node, resolve=True) for node in (cfg.vae, cfg.text_encoder, feats)]
-    job = ExtractionJob(*plain, limits=limits, splits=splits)
+    # Only the splits read here are resolved (above): another split's size may name a source that this
+    # data choice lacks (data=folder has no generator).
+    settings = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                for key, value in feats.items() if key != "splits"}  # fmt: skip
+    plain = [OmegaConf.to_container(node, resolve=True) for node in (cfg.vae, cfg.text_encoder)]
+    job = ExtractionJob(*plain, settings, limits=limits, splits=splits)
     if feats.workers > 1:
         parts, world_size = run_local_workers(job, feats.workers), feats.workers
     else:
