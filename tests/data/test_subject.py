@@ -75,3 +75,4 @@ def test_references_show_the_subject_and_what_must_score_lower(tmp_path):
     circle = refs["plain_circle_subject_colours"][1].permute(1, 2, 0).reshape(-1, 3)
     assert (circle == torch.tensor(COLOURS["cyan"], dtype=torch.uint8)).all(1).sum() > 100  # pose 1: the second colour
     assert "plain_ring_subject_colours" not in EmbeddedSubject(tmp_path, [{"row": 1, "col": 1}], "sks", "ring").references(poses)
+    assert "plain_circle_subject_colours" in EmbeddedSubject(tmp_path, [{"row": 1, "col": 1}], "sks", "orange circle").references(poses)

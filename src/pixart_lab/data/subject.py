@@ -142,11 +142,12 @@ class EmbeddedSubject:
             "ring_recoloured": self.render(poses, replace(self.ring, colours=others)),
             "empty_backgrounds": torch.stack([to_uint8_chw(Image.new("RGB", (self.size,) * 2, BACKGROUNDS[p.background])) for p in poses]),
         }
-        if self.class_noun in SHAPES:
-            shapes = [replace(p.placed(self.size, self.size, self.class_noun), colour=self.ring.colours[i % 2]) for i, p in enumerate(poses)]
+        shape = self.class_noun.split()[-1]  # "circle", or "orange circle": a colour may qualify the noun
+        if shape in SHAPES:
+            shapes = [replace(p.placed(self.size, self.size, shape), colour=self.ring.colours[i % 2]) for i, p in enumerate(poses)]
             scenes = [Scene((o,), p.background, "clean", self.size, self.size, "single") for o, p in zip(shapes, poses)]
             rng = np.random.default_rng(0)
-            refs[f"plain_{self.class_noun}_subject_colours"] = torch.stack([to_uint8_chw(render_scene(s, rng)) for s in scenes])
+            refs[f"plain_{shape}_subject_colours"] = torch.stack([to_uint8_chw(render_scene(s, rng)) for s in scenes])
         return refs
 
     def records(self) -> list[Record]:
