@@ -34,25 +34,25 @@ def main() -> None:
     parser.add_argument("--sampling-steps", type=int, default=20)
     args = parser.parse_args()
     setup(args)
-    cfg = compose_config(["sampler=dpm_solver"])
+    cfg = compose_config(["sampler=dpm_solver", "stage=3_aesthetic"])  # the exported model's stage and resolution
     project = load_pipeline(args.pipeline, instantiate(cfg.sampler.scheduler)).to(args.device)
     plain = PixArtAlphaPipeline.from_pretrained(args.pipeline).to(args.device)
     plain.set_progress_bar_config(disable=True)
-    side = plain.transformer.config.sample_size * plain.vae_scale_factor
+    height, width = cfg.stage.grid.size  # what stage 3 trained at and samples (not sample_size x 4: 512 px)
     theirs_config = plain.scheduler.config
     differs = {k: (v, theirs_config.get(k)) for k, v in project.scheduler.config.items() if not k.startswith("_") and theirs_config.get(k) != v}
     print(f"project: {type(project).__name__} + {type(project.scheduler).__name__}; plain: {type(plain).__name__} + "
           f"{type(plain.scheduler).__name__}; scheduler settings that differ (project, plain): {differs or 'none'}")  # fmt: skip
-    print(f"{side}x{side} px, {args.sampling_steps} steps, guidance {cfg.sampler.guidance_scale}\n")
+    print(f"{height}x{width} px, {args.sampling_steps} steps, guidance {cfg.sampler.guidance_scale}\n")
 
     rows = []
     for batch in args.batch:
         prompts = [cfg.prompts.texts[i % len(cfg.prompts.texts)] for i in range(batch)]
-        sampling = dict(steps=args.sampling_steps, guidance_scale=cfg.sampler.guidance_scale, seed=0, height=side, width=side)
+        sampling = dict(steps=args.sampling_steps, guidance_scale=cfg.sampler.guidance_scale, seed=0, height=height, width=width)
         ours = lambda: generate(project, prompts, **sampling)  # noqa: E731
         theirs = lambda: plain(  # noqa: E731
             prompt=prompts, negative_prompt="", num_inference_steps=args.sampling_steps,
-            guidance_scale=cfg.sampler.guidance_scale, generator=torch.Generator("cpu").manual_seed(0), height=side, width=side,
+            guidance_scale=cfg.sampler.guidance_scale, generator=torch.Generator("cpu").manual_seed(0), height=height, width=width,
             clean_caption=False, use_resolution_binning=False,
         )  # fmt: skip
         times = {"project": [], "plain": []}
