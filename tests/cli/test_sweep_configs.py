@@ -1,19 +1,24 @@
 """Scale and sweep configs compose into what Lightning, submitit and Optuna take; the ablations are
-one command each; a multirun job's outputs, W&B name and sweep objective (cli/multirun.py)."""
+one command each; a multirun job's outputs, W&B name, sweep objective and a failed DDP job ending the
+sweep (cli/multirun.py)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 import pixart_lab.config  # noqa: F401  (resolvers)
-from pixart_lab.cli.multirun import JOB_DIR_ENV, sweep_objective
+from pixart_lab.cli.multirun import DISTRIBUTED_ENV, JOB_DIR_ENV, SweepStopped, single_job, sweep_objective
 from pixart_lab.utils.errors import ConfigError
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
@@ -104,3 +109,24 @@ def test_sweep_objective_is_the_configured_metric():
         sweep_objective(metrics, OmegaConf.create({"optimized_metric": "quality.clip_score"}))
     with pytest.raises(ConfigError, match="expected a number, found '18'"):
         sweep_objective(metrics, OmegaConf.create({"optimized_metric": "quality.prompts"}))
+
+
+def test_a_multirun_job_that_fails_after_starting_ddp_ranks_stops_the_sweep(monkeypatch, tmp_path):
+    cfg = train_stage(hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.mode, cfg.hydra.runtime.output_dir, cfg.hydra.job.num = RunMode.MULTIRUN, str(tmp_path / "3"), 3
+        cfg.hydra.overrides.task = ["stage.lr=4e-3"]
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored afterwards
+    HydraConfig.instance().set_config(cfg)
+    monkeypatch.setattr(sys, "argv", ["train_stage.py", "-m", "stage.lr=1e-3,4e-3"])
+    for key in DISTRIBUTED_ENV:
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RuntimeError, match="bad batch"), single_job():  # one process: Hydra goes on with the next job
+        assert sys.argv[1:] == ["stage.lr=4e-3", "hydra.mode=RUN"] and os.environ[JOB_DIR_ENV] == str(tmp_path / "3")
+        raise RuntimeError("bad batch")
+    with pytest.raises(SweepStopped, match="job 3 failed with its DDP ranks started: the sweep stops") as stopped, single_job():
+        os.environ.update(MASTER_PORT="29500", LOCAL_RANK="0")  # as Lightning's launcher sets them
+        monkeypatch.setattr("pixart_lab.data.datamodule.distributed_layout", lambda: (0, 2))  # a process group of 2
+        raise RuntimeError("bad batch")
+    assert isinstance(stopped.value.__cause__, RuntimeError)
+    assert sys.argv[1:] == ["-m", "stage.lr=1e-3,4e-3"] and not any(key in os.environ for key in DISTRIBUTED_ENV)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -132,6 +133,38 @@ def test_bucket_sampler_is_seeded_and_covers_every_index_once():
     assert all(len({buckets[i] for i in b}) == 1 for b in first)
     assert list(BucketBatchSampler(buckets, 3, True, 3, False)) == first
     assert list(sampler) != first  # the next epoch reshuffles
+
+
+def test_bucket_sampler_deals_each_ddp_rank_its_own_batches_and_the_same_number():
+    buckets = [(1, 1)] * 7 + [(2, 1)] * 5  # 3 full batches of 3 (2 + 1), 5 with the partial ones
+    full = list(BucketBatchSampler(buckets, 3, True, 3, drop_last=True))
+    trained = [list(BucketBatchSampler(buckets, 3, True, 3, drop_last=True, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(full) == 3 and trained == [full[:1], full[1:2]]  # the third is dropped
+    epoch = list(BucketBatchSampler(buckets, 3, True, 3, drop_last=False))
+    validated = [BucketBatchSampler(buckets, 3, True, 3, drop_last=False, rank=r, world_size=2) for r in (0, 1)]
+    assert [len(v) for v in validated] == [3, 3]
+    assert [list(v) for v in validated] == [epoch[0::2], [*epoch[1::2], epoch[0]]]  # the first batch fills the round
+    with pytest.raises(ValueError, match="rank 2 outside 0..1"):
+        BucketBatchSampler(buckets, 3, True, 3, False, rank=2, world_size=2)
+
+
+def test_datamodule_loaders_take_the_ddp_ranks_share(feature_dir, monkeypatch):
+    def loaders(rank: int, world_size: int):
+        monkeypatch.setattr("pixart_lab.data.datamodule.distributed_layout", lambda: (rank, world_size))
+        dm = FeatureDataModule(feature_dir, batch_size=4, seed=1)
+        dm.setup()
+        return dm.train_dataloader(), dm.val_dataloader()
+
+    def indices(loader):
+        return [b["index"].tolist() for b in loader]
+
+    (train, val), ranks = loaders(0, 1), [loaders(r, 2) for r in (0, 1)]
+    rounds, epoch = len(train) // 2, indices(train)
+    assert rounds >= 1 and [(len(t), len(v)) for t, v in ranks] == [(rounds, math.ceil(len(val) / 2))] * 2
+    assert [indices(t) for t, _ in ranks] == [epoch[r : 2 * rounds : 2] for r in (0, 1)]
+    assert {i for _, v in ranks for b in indices(v) for i in b} == {i for b in indices(val) for i in b}  # all validated
+    with pytest.raises(ValueError, match=f"fewer than {len(train) + 1} full batches \\(one per DDP rank\\) of 4"):
+        loaders(0, len(train) + 1)
 
 
 def test_loader_resumes_mid_epoch_with_the_batches_that_come_next(feature_dir):

@@ -52,7 +52,9 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Cal
 
         @functools.wraps(task)
         def checked(cfg: DictConfig) -> Any:
-            with reported(enabled=not tracebacks, cfg=cfg), single_job():  # inside the job, before Hydra adds its own report
+            # inside the job, before Hydra adds its own report; a known error's one-line exit passes
+            # single_job, which stops the sweep on any other error of a job with DDP ranks started
+            with single_job(), reported(enabled=not tracebacks, cfg=cfg):
                 check_override_types()
                 return sweep_objective(task(cfg), cfg)
 

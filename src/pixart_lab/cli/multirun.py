@@ -11,7 +11,10 @@ job rather than the sweep, and the value an Optuna sweep optimises.
   ``hydra.run.dir`` (lightning/fabric/strategies/launchers/subprocess_script.py). In a multirun that
   command is the whole sweep (``-m lr=1,2``): every rank would run every job. :func:`single_job`
   makes both the job's own: its overrides only, in RUN mode, in the job's folder, which the ranks
-  also receive as ``PIXART_LAB_JOB_DIR`` so they write where rank 0 does.
+  also receive as ``PIXART_LAB_JOB_DIR`` so they write where rank 0 does. A job that fails after
+  starting its ranks stops the sweep (:class:`SweepStopped`): Hydra would go on with the next job,
+  and Lightning's watch over the failed job's ranks would kill this process in the middle of it,
+  leaving that job's ranks waiting for their rank 0 forever.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ from pixart_lab.utils.errors import ConfigError
 JOB_DIR_ENV = "PIXART_LAB_JOB_DIR"
 # What Lightning's DDP sets up in this process; the next job of the sweep starts its own.
 DISTRIBUTED_ENV = (JOB_DIR_ENV, "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "RANK")
+
+
+class SweepStopped(BaseException):
+    """A multirun job failed with other DDP ranks running: the sweep ends here. A ``BaseException``, as
+    Hydra records an ``Exception`` as the job's result and starts the next job."""
 
 
 def _hydra() -> Any | None:
@@ -89,6 +97,12 @@ def single_job() -> Iterator[None]:
     os.environ[JOB_DIR_ENV] = hydra.runtime.output_dir
     try:
         yield
+    except Exception as error:
+        from pixart_lab.data.datamodule import distributed_layout
+
+        if distributed_layout()[1] > 1:  # the job's process group, still open: it ran with other ranks
+            raise SweepStopped(f"job {hydra.job.num} failed with its DDP ranks started: the sweep stops") from error
+        raise
     finally:
         end_process_group()
         end_wandb_run()

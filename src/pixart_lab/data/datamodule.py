@@ -109,16 +109,34 @@ def collate(items: Sequence[dict], text_len: int | None = None) -> dict:
     return batch
 
 
+def distributed_layout() -> tuple[int, int]:
+    """(rank, world_size) of DDP when it is initialised, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches that never mix aspect buckets (PixArt's multi-scale training); seeded per epoch.
 
     Each iteration is the next epoch. ``resume_at = (epoch, batches)`` skips the first ``batches``
     of that epoch (a resumed run's position); a run stopped after an epoch's last batch resumes with
     an empty remainder of it, then the next epoch from its beginning.
+
+    Under DDP (``world_size`` ranks) every rank draws the same epoch and takes every
+    ``world_size``-th batch from its ``rank``-th on, and all take the same number, as DDP steps them
+    together: ``drop_last`` drops the epoch's last ``< world_size`` batches, otherwise its first ones
+    are repeated to fill the last round (as torch's ``DistributedSampler`` pads).
     """
 
-    def __init__(self, buckets: Sequence[tuple[int, int]], batch_size: int, shuffle: bool, seed: int, drop_last: bool):
+    def __init__(
+        self, buckets: Sequence[tuple[int, int]], batch_size: int, shuffle: bool, seed: int, drop_last: bool,
+        rank: int = 0, world_size: int = 1,
+    ):  # fmt: skip
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1} (world_size={world_size})")
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self.groups: dict[tuple[int, int], list[int]] = {}
         for i, bucket in enumerate(buckets):
             self.groups.setdefault(bucket, []).append(i)
@@ -133,7 +151,8 @@ class BucketBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def _epoch_batches(self) -> list[list[int]]:
+        """The epoch's batches of all ranks, the same on every rank."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         batches = []
         for indices in self.groups.values():
@@ -146,6 +165,13 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         return batches
 
+    def _batches(self) -> list[list[int]]:
+        """This rank's share of the epoch's batches."""
+        batches = self._epoch_batches()
+        rounds = len(self)
+        dealt = [batches[i % len(batches)] for i in range(rounds * self.world_size)] if batches else []
+        return dealt[self.rank :: self.world_size]
+
     def __iter__(self) -> Iterator[list[int]]:
         # The epoch advances when its batches are drawn, not when the last one is consumed: Lightning
         # stops after len(loader) batches and never exhausts the iterator (every epoch was epoch 0).
@@ -154,9 +180,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         return iter(batches)
 
     def __len__(self) -> int:
+        """This rank's batches per epoch."""
         if self.drop_last:
-            return sum(len(g) // self.batch_size for g in self.groups.values())
-        return sum(math.ceil(len(g) / self.batch_size) for g in self.groups.values())
+            return sum(len(g) // self.batch_size for g in self.groups.values()) // self.world_size
+        return math.ceil(sum(math.ceil(len(g) / self.batch_size) for g in self.groups.values()) / self.world_size)
 
 
 class ResumableDataLoader(DataLoader):
@@ -233,9 +260,9 @@ class FeatureDataModule(L.LightningDataModule):
             self.val_set = self.make_dataset(self.val_split)
 
     def _loader(self, dataset: FeatureDataset, shuffle: bool) -> DataLoader:
-        sampler = BucketBatchSampler(
-            [dataset.bucket_of(i) for i in range(len(dataset))], self.batch_size, shuffle, self.seed, drop_last=shuffle
-        )
+        rank, world_size = distributed_layout()
+        buckets = [dataset.bucket_of(i) for i in range(len(dataset))]
+        sampler = BucketBatchSampler(buckets, self.batch_size, shuffle, self.seed, shuffle, rank, world_size)
         return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
@@ -247,9 +274,11 @@ class FeatureDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.train_set, shuffle=True)
         if len(loader) == 0:
+            ranks = loader.batch_sampler.world_size
+            short = f"the buckets hold fewer than {ranks} full batches (one per DDP rank)" if ranks > 1 else "no bucket holds a full batch"
             sizes = {bucket: len(group) for bucket, group in loader.batch_sampler.groups.items()}
             raise ValueError(
-                f"{self.features_dir / self.train_split}: no bucket holds a full batch of {self.batch_size} "
+                f"{self.features_dir / self.train_split}: {short} of {self.batch_size} "
                 f"(examples per bucket: {sizes}); lower the batch size"
             )
         return loader

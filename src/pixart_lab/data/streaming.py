@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pixart_lab.data.datamodule import FeatureDataModule, collate, feature_item
+from pixart_lab.data.datamodule import FeatureDataModule, collate, distributed_layout, feature_item
 
 TENSORS = ("latent_mean", "latent_std", "label", "aesthetic")
 
@@ -35,13 +35,6 @@ def read_rows(path: Path, caption: str) -> dict[str, torch.Tensor]:
             return {name: f.get_tensor(name) for name in (*TENSORS, f"{caption}_emb", f"{caption}_mask")}
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: unreadable feature shard ({e})") from e
-
-
-def distributed_layout() -> tuple[int, int]:
-    """(rank, world_size) of DDP when it is initialised, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class StreamingFeatureDataset(IterableDataset):
