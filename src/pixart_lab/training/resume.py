@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 import pixart_lab
 from pixart_lab.utils.errors import ResumeError
 from pixart_lab.utils.io import file_sha256
+from pixart_lab.utils.mappings import flatten
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,6 @@ class RunFingerprint:
                     name = key if section == "config" else f"{key} (input hash)"
                     out.append(f"{name}: {_short(theirs.get(key))} -> {_short(ours.get(key))}")
         return out
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _short(value: Any) -> str:

@@ -11,6 +11,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from pixart_lab.utils.mappings import flatten
+
 
 def wandb_logged_in() -> bool:
     """True when W&B credentials exist (env var or ~/.netrc), so runs can sync online."""
@@ -43,15 +45,9 @@ def build_callbacks(callbacks_cfg: DictConfig | None, *extra: Callback) -> list[
     return [*(instantiate(conf) for conf in configured_entries(callbacks_cfg)), *extra]
 
 
-def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+def numeric_leaves(metrics: dict, prefix: str = "") -> dict[str, float]:
     """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``, numbers only (what experiment loggers take)."""
-    flat = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return {k: v for k, v in flatten(metrics, "/", prefix).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def publish_metrics(
@@ -64,6 +60,6 @@ def publish_metrics(
     for logger in loggers:
         if config is not None:
             logger.log_hyperparams(OmegaConf.to_container(config, resolve=True))
-        logger.log_metrics(flatten(metrics, prefix), step=step)
+        logger.log_metrics(numeric_leaves(metrics, prefix), step=step)
         logger.finalize("success")
     write_json(path, metrics)
