@@ -10,7 +10,6 @@ the two arms see different contention (readings of 0.63x and 1.49x there, agains
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 from pathlib import Path
 
@@ -21,17 +20,18 @@ from omegaconf import OmegaConf
 from pixart_lab.diffusion.iddpm_loss import hybrid_loss
 from pixart_lab.diffusion.schedule import NoiseSchedule
 from pixart_lab.models.controlnet import PixArtControlNet, controlled_forward
+from pixart_lab.training.throughput import median, time_calls
 
 BACKBONE = Path(__file__).resolve().parents[1] / "conf" / "backbone" / "tiny.yaml"
 
 
 def seconds_per_step(forward, parameters, steps: int, batch: int, schedule: NoiseSchedule) -> float:
+    """Median seconds of one training step (after two untimed ones) of ``forward``'s hybrid loss."""
     optimizer = torch.optim.AdamW(parameters, lr=1e-4)
     x0, caption = torch.randn(batch, 4, 16, 16), torch.randn(batch, 30, 128)
     mask, control = torch.ones(batch, 30), torch.randn(batch, 4, 16, 16)
-    times = []
-    for step in range(steps + 2):  # two warm-up steps
-        start = time.perf_counter()
+
+    def step() -> None:
         t = torch.randint(0, 1000, (batch,))
         noise = torch.randn_like(x0)
         x_t = schedule.q_sample(x0, t, noise)
@@ -39,9 +39,8 @@ def seconds_per_step(forward, parameters, steps: int, batch: int, schedule: Nois
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+
+    return median(time_calls(step, steps, warmup=2))
 
 
 def main() -> None:
