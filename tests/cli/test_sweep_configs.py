@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,10 @@ def test_fsdp_shards_one_transformer_block_at_a_time():
 
 
 def test_slurm_launcher_asks_for_the_trainers_nodes_and_devices():
-    cfg = train_stage("hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2",
-                      "hydra.launcher.partition=gpu", hydra=True)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # extends the plugin's schema rather than shadowing it (Hydra warns then)
+        cfg = train_stage("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2",
+                          "hydra.launcher.partition=gpu", hydra=True)  # fmt: skip
     launcher = cfg.hydra.launcher
     assert get_class(launcher._target_).__name__ == "SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.partition) == (2, 8, 8, "gpu")
