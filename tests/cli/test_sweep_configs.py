@@ -129,7 +129,7 @@ def test_a_multirun_job_that_fails_after_starting_ddp_ranks_stops_the_sweep(monk
         raise RuntimeError("bad batch")
     with pytest.raises(SweepStopped, match="job 3 failed with its DDP ranks started: the sweep stops") as stopped, single_job():
         os.environ.update(MASTER_PORT="29500", LOCAL_RANK="0")  # as Lightning's launcher sets them
-        monkeypatch.setattr("pixart_lab.data.datamodule.distributed_layout", lambda: (0, 2))  # a process group of 2
+        monkeypatch.setattr("pixart_lab.utils.device.distributed_layout", lambda: (0, 2))  # a process group of 2
         raise RuntimeError("bad batch")
     assert isinstance(stopped.value.__cause__, RuntimeError)
     assert sys.argv[1:] == ["-m", "stage.lr=1e-3,4e-3"] and not any(key in os.environ for key in DISTRIBUTED_ENV)

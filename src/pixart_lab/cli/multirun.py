@@ -98,7 +98,7 @@ def single_job() -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        from pixart_lab.data.datamodule import distributed_layout
+        from pixart_lab.utils.device import distributed_layout
 
         if distributed_layout()[1] > 1:  # the job's process group, still open: it ran with other ranks
             raise SweepStopped(f"job {hydra.job.num} failed with its DDP ranks started: the sweep stops") from error

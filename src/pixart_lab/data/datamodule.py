@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pixart_lab.data.features import read_shard
+from pixart_lab.utils.device import distributed_layout
 
 
 class FeatureDataset(Dataset):
@@ -107,13 +108,6 @@ def collate(items: Sequence[dict], text_len: int | None = None) -> dict:
     batch = {k: torch.stack([item[k] for item in items]) for k in stacked}
     batch.update(caption_emb=emb, caption_mask=mask, index=torch.tensor([item["index"] for item in items]))
     return batch
-
-
-def distributed_layout() -> tuple[int, int]:
-    """(rank, world_size) of DDP when it is initialised, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -20,7 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pixart_lab.data.datamodule import FeatureDataModule, collate, distributed_layout, feature_item
+from pixart_lab.data.datamodule import FeatureDataModule, collate, feature_item
+from pixart_lab.utils.device import distributed_layout
 
 TENSORS = ("latent_mean", "latent_std", "label", "aesthetic")
 
