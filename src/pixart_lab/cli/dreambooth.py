@@ -50,13 +50,17 @@ def main(cfg: DictConfig) -> dict:
     scheduler = instantiate(cfg.sampler.scheduler)
     base = assemble_pipeline(load_transformer(base_dir), vae, scheduler, text_encoder)
     sampling = dict(steps=cfg.sampler.steps, guidance_scale=cfg.sampler.guidance_scale)
-    generate = lambda pipeline, prompts, seed: generate_many(pipeline, prompts, cfg.generation_batch_size, seed, **sampling)  # noqa: E731
+
+    def generate(pipeline, prompts: list[str], seed: int, **overrides) -> torch.Tensor:
+        return generate_many(pipeline, prompts, cfg.generation_batch_size, seed, **{**sampling, **overrides})
 
     # The subject images, and the base model's class images for the prior-preservation loss, as features.
     subject = instantiate(cfg.subject)
     instance = subject.records()
+    class_sampling = dict(guidance_scale=cfg.class_images.guidance_scale)  # the base model's own conditional samples
     classes = generate_class_images(instance, cfg.identifier, cfg.class_images.per_prompt,
-                                    lambda prompts: generate(base, prompts, cfg.class_images.seed), cfg.class_images.out_dir)  # fmt: skip
+                                    lambda prompts: generate(base, prompts, cfg.class_images.seed, **class_sampling),
+                                    cfg.class_images.out_dir)  # fmt: skip
     cache_features({INSTANCE_SPLIT: instance, CLASS_SPLIT: classes}, cfg.features_dir, vae, text_encoder, cfg.data.image_size)
 
     strategy = instantiate(cfg.finetune.strategy)
