@@ -111,19 +111,41 @@ def test_probe_checks_are_not_scored_when_the_probe_failed_their_attributes():
     assert unscored["probe_relation"] is None and unscored["background"] is None and unscored["pixel_relation"] == 0.5
 
 
-def test_object_features_remove_the_background_so_an_empty_image_scores_zero():
-    from pixart_lab.evaluation.dreambooth import ObjectFeatures, image_embeddings, plain_backgrounds
+def test_object_features_remove_the_background_as_drawn_so_an_empty_image_scores_zero():
+    from pixart_lab.evaluation.dreambooth import COLOUR_TOLERANCE, ObjectFeatures, background_colours, image_embeddings, without_objects
 
     scene = render(*CELLS["above"])
-    empty = torch.full_like(scene, 245)  # the scene's white background alone
-    assert torch.equal(plain_backgrounds(scene), empty)
-    noisy = (scene.int() + torch.randint(-3, 4, scene.shape)).clamp(0, 255).to(torch.uint8)
-    assert (plain_backgrounds(noisy).int() - 245).abs().max() <= 3  # the border's median, not one pixel
+    assert background_colours(scene).tolist() == [[245, 245, 245]]  # the white background, not an object's colour
+    painted = without_objects(scene)
+    assert not torch.equal(painted, scene)
+    assert (painted.float() - 245).norm(dim=1).max() < COLOUR_TOLERANCE  # no object pixel left
+    # A generated background carries noise: it is the background as drawn and stays, objects or not.
+    torch.manual_seed(0)
+    noise = torch.randint(-20, 21, scene.shape)
+    noisy_empty = (torch.full_like(scene, 245).int() + noise).clamp(0, 255).to(torch.uint8)
+    assert torch.equal(without_objects(noisy_empty), noisy_empty)
 
-    class MeanColour(torch.nn.Module):  # a stand-in feature: mean RGB plus a constant
+    class MeanColourAndNoise(torch.nn.Module):  # a stand-in feature: mean RGB, pixel spread, a constant
         def forward(self, images):
-            return torch.cat([images.float().mean((2, 3)), torch.ones(len(images), 1)], 1)
+            x = images.float()
+            return torch.cat([x.mean((2, 3)), x.std((2, 3)), torch.ones(len(images), 1)], 1)
 
-    objects = image_embeddings(ObjectFeatures(MeanColour()), torch.cat([scene, empty]))
+    objects = image_embeddings(ObjectFeatures(MeanColourAndNoise()), torch.cat([scene, noisy_empty]))
     assert objects[1].abs().max() == 0 and objects[0].norm() == pytest.approx(1.0)
     assert mean_similarity(objects[1:], objects[:1]) == 0.0
+    # Subtracting a plain background instead would leave the noisy empty image a residual (its spread).
+    features = MeanColourAndNoise()
+    plain = torch.full_like(noisy_empty, 245)
+    assert (features(noisy_empty) - features(plain)).norm() > 10
+
+
+def test_comparison_grid_shows_every_subject_prompt_and_the_first_of_the_other_sets():
+    from pixart_lab.evaluation.dreambooth import comparison_rows
+
+    prompts = DreamBoothPrompts("sks circle", "circle", ["a large {subject} in the centre", "a small {subject} top left"],
+                                [composition("above")], per_prompt=2)  # fmt: skip
+    images = {name: torch.arange(len(texts)).view(-1, 1, 1, 1).expand(-1, 3, 2, 2) for name, texts in prompts.sets().items()}
+    rows = comparison_rows(torch.zeros(3, 3, 2, 2), {"base": images, "finetuned": images}, prompts)
+    assert [label.split(":")[0] for label, _ in rows] == ["subject images"] + ["base", "finetuned"] * 4
+    assert "small sks circle top left" in rows[3][0].replace("\n", " ")
+    assert rows[3][1][:, 0, 0, 0].tolist() == [2, 3]  # the second prompt's own images

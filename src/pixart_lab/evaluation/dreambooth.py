@@ -60,30 +60,40 @@ def paired_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum(-1).mean())
 
 
-def plain_backgrounds(images: torch.Tensor) -> torch.Tensor:
-    """Each uint8 image's background alone: a plain image of the median colour of its border pixels."""
-    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], dim=-1)
-    colour = border.float().median(dim=-1).values.round().to(torch.uint8)
-    return colour[:, :, None, None].expand_as(images).contiguous()
+def background_colours(images: torch.Tensor) -> torch.Tensor:
+    """The median colour of each uint8 image [N, 3, H, W] -> [N, 3]: its background, which covers most of it."""
+    return images.flatten(2).float().median(dim=-1).values.round().to(torch.uint8)
+
+
+def without_objects(images: torch.Tensor, tolerance: float = COLOUR_TOLERANCE) -> torch.Tensor:
+    """Each uint8 image with its object pixels (``tolerance`` or farther from its background colour)
+    painted in the background colour: the background as drawn, noise and artefacts included. An image
+    without objects comes back unchanged."""
+    colour = background_colours(images)[:, :, None, None]
+    objects = (images.float() - colour.float()).norm(dim=1, keepdim=True) >= tolerance
+    return torch.where(objects, colour.expand_as(images), images)
 
 
 class ObjectFeatures(nn.Module):
-    """``features(image) - features(its plain background)``: what the objects add to an image's embedding.
+    """``features(image) - features(image without its objects)``: what the objects add to an image's embedding.
 
     Measured on this corpus: the CLIP image tower puts the striped ring (a shape it never saw) close
-    to the empty background it stands on, so plain CLIP similarity scores an empty generation nearly
-    as high as the subject itself (0.56 vs 0.62). Removing the background's embedding leaves the
-    object's: an empty image scores 0 (a zero vector) and the subject in unseen poses 0.74 against
-    0.2-0.5 for corpus shapes (``references`` in ``metrics/dreambooth.json``).
+    to the empty background it stands on, so plain CLIP similarity scores an empty image nearly as
+    high as the subject itself. Generated images add another trap: their backgrounds carry noise and
+    artefacts the tower reads as content, so subtracting a *plain* background left the base model's
+    empty generations a residual as large as the subject's (similarity 0.43 to it). Subtracting the
+    image with its objects painted over removes the background as drawn: an image without objects
+    scores exactly 0 (a zero vector), however noisy its background (``references`` in
+    ``metrics/dreambooth.json`` calibrate the rest).
     """
 
-    def __init__(self, features: nn.Module):
+    def __init__(self, features: nn.Module, tolerance: float = COLOUR_TOLERANCE):
         super().__init__()
-        self.features = features
+        self.features, self.tolerance = features, tolerance
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(images).float() - self.features(plain_backgrounds(images)).float()
+        return self.features(images).float() - self.features(without_objects(images, self.tolerance)).float()
 
 
 class DinoImageFeatures(nn.Module):
@@ -273,6 +283,9 @@ def compare_models(
         subject = image_embeddings(extractor, subject_images)
         similarity = lambda images: mean_similarity(image_embeddings(extractor, images), subject)  # noqa: E731
         fidelity[name] = {model: similarity(generations[model]["subject"]) for model in models}
+        fidelity[name]["by_prompt"] = {
+            model: [similarity(images) for images in generations[model]["subject"].split(prompts.per_prompt)] for model in models
+        }
         fidelity[name]["references"] = {"subject_images": mean_similarity(subject, subject, exclude_diagonal=True)}
         fidelity[name]["references"].update({ref: similarity(images) for ref, images in (references or {}).items()})
         drift["subject_similarity"][name] = {model: similarity(generations[model]["class"]) for model in models}
@@ -298,11 +311,15 @@ def compare_models(
 def comparison_rows(
     subject_images: torch.Tensor, generations: Mapping[str, Mapping[str, torch.Tensor]], prompts: DreamBoothPrompts, width: int = 24
 ) -> list[tuple[str, torch.Tensor]]:
-    """Rows of the comparison grid: the subject images, then the first prompt of each set, every model in turn."""
+    """Rows of the comparison grid: the subject images, then every subject prompt and the first prompt
+    of the other sets, every model in turn."""
     import textwrap
 
     rows = [("subject images", subject_images)]
+    n = prompts.per_prompt
     for name, texts in prompts.sets().items():
-        caption = textwrap.fill(texts[0].removeprefix("a sharp image of "), width)
-        rows += [(f"{model}:\n{caption}", images[name][: prompts.per_prompt]) for model, images in generations.items()]
+        starts = range(0, len(texts), n) if name == "subject" else [0]
+        for start in starts:
+            caption = textwrap.fill(texts[start].removeprefix("a sharp image of "), width)
+            rows += [(f"{model}:\n{caption}", images[name][start : start + n]) for model, images in generations.items()]
     return rows
