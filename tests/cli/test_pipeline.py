@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = (
     "train_vae", "train_text_encoder", "extract_features", "train_evaluators",
-    "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "baseline_sd", "samples",
+    "stage1_pixel", "reparam", "stage2_alignment", "stage2_long", "stage3_aesthetic", "baseline_sd", "samples",
     "evaluate@stage1", "evaluate@stage2", "evaluate@stage3", "evaluate@baseline_sd", "report",
     "extract_control", "train_controlnet", "evaluate_controlnet", "dreambooth",
 )  # fmt: skip
@@ -181,7 +181,7 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     assert Image.open(clone / "plots" / "controlnet_samples.png").size == (4 * 66 + 2, 3 * 66 + 2)
     # DreamBooth from stage 2: LoRA in diffusers' layout, base vs fine-tuned on the same prompts and seeds.
     dreambooth = json.loads((clone / "metrics" / "dreambooth.json").read_text())
-    assert dreambooth["steps"] == 4 and dreambooth["subject_images"] == 6 and dreambooth["class_images"] == 6
+    assert dreambooth["steps"] == 4 and dreambooth["subject_images"] == 8 and dreambooth["class_images"] == 8
     assert dreambooth["identifier_pieces"] == ["▁", "s", "k", "s"]
     lora = clone / "checkpoints" / "dreambooth" / "lora" / "pytorch_lora_weights.safetensors"
     assert dreambooth["size_bytes"]["finetuned"] == lora.stat().st_size < dreambooth["size_bytes"]["base_transformer"]
@@ -193,7 +193,9 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
         assert set(dreambooth["prompt_fidelity"]["composition"][model]) == {"background", "probe_relation", "pixel_relation"}
     assert dreambooth["class_prior"]["frechet_to_base_other_seeds"]["base"] > 0
     assert (clone / "plots" / "dreambooth_loss.csv").read_text().startswith("step,loss,instance_loss,prior_loss")
-    assert Image.open(clone / "plots" / "dreambooth_samples.png").size == (150 + 6 * 130, 7 * 130)  # subject | 3 x (base, tuned)
+    assert [len(fidelity["clip_object"]["by_prompt"][m]) for m in ("base", "finetuned")] == [4, 4]  # one per evaluation pose
+    # subject images | 4 subject poses, a composition and the class prompt, each (base, fine-tuned)
+    assert Image.open(clone / "plots" / "dreambooth_samples.png").size == (150 + 8 * 130, 13 * 130)
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"

@@ -133,3 +133,12 @@ def test_a_multirun_job_that_fails_after_starting_ddp_ranks_stops_the_sweep(monk
         raise RuntimeError("bad batch")
     assert isinstance(stopped.value.__cause__, RuntimeError)
     assert sys.argv[1:] == ["-m", "stage.lr=1e-3,4e-3"] and not any(key in os.environ for key in DISTRIBUTED_ENV)
+
+
+@pytest.mark.parametrize("profile, steps", [("default", 4200), ("smoke", 6)])
+def test_stage2_long_continues_stage2_to_the_profiles_step(profile, steps):
+    cfg = train_stage("experiment=stage2_long", f"profile={profile}")
+    assert (cfg.run_name, cfg.resume, cfg.init) == ("stage2_long", "checkpoints/stage2/last.ckpt", "reparam")
+    assert cfg.stage.max_steps == cfg.trainer.max_steps == steps
+    base = train_stage("stage=2_alignment", f"profile={profile}")
+    assert steps > base.stage.max_steps and base.stage.lr == cfg.stage.lr and base.module == cfg.module  # the same run, longer
