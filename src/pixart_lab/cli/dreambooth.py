@@ -57,9 +57,8 @@ def main(cfg: DictConfig) -> dict:
     # The subject images, and the base model's class images for the prior-preservation loss, as features.
     subject = instantiate(cfg.subject)
     instance = subject.records()
-    class_sampling = dict(guidance_scale=cfg.class_images.guidance_scale)  # the base model's own conditional samples
     classes = generate_class_images(instance, cfg.identifier, cfg.class_images.per_prompt,
-                                    lambda prompts: generate(base, prompts, cfg.class_images.seed, **class_sampling),
+                                    lambda prompts: generate(base, prompts, cfg.class_images.seed, guidance_scale=cfg.class_images.guidance_scale),
                                     cfg.class_images.out_dir)  # fmt: skip
     cache_features({INSTANCE_SPLIT: instance, CLASS_SPLIT: classes}, cfg.features_dir, vae, text_encoder, cfg.data.image_size)
 

@@ -69,9 +69,9 @@ def without_objects(images: torch.Tensor, tolerance: float = COLOUR_TOLERANCE) -
     """Each uint8 image with its object pixels (``tolerance`` or farther from its background colour)
     painted in the background colour: the background as drawn, noise and artefacts included. An image
     without objects comes back unchanged."""
-    colour = background_colours(images)[:, :, None, None]
-    objects = (images.float() - colour.float()).norm(dim=1, keepdim=True) >= tolerance
-    return torch.where(objects, colour.expand_as(images), images)
+    colour = background_colours(images)
+    objects = (colour_distance(images, colour) >= tolerance).unsqueeze(1)
+    return torch.where(objects, colour[:, :, None, None].expand_as(images), images)
 
 
 class ObjectFeatures(nn.Module):
@@ -144,9 +144,10 @@ class Composition:
 _AXIS = {"left of": (1, -1), "right of": (1, 1), "above": (0, -1), "below": (0, 1)}
 
 
-def colour_distance(images: torch.Tensor, rgb: Sequence[int]) -> torch.Tensor:
-    """RGB distance of every pixel of uint8 images [N, 3, H, W] to ``rgb``: [N, H, W]."""
-    return (images.float() - torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1)).norm(dim=1)
+def colour_distance(images: torch.Tensor, rgb: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """RGB distance of every pixel of uint8 images [N, 3, H, W] to ``rgb`` (one colour, or one per image
+    [N, 3]): [N, H, W]."""
+    return (images.float() - torch.as_tensor(rgb, dtype=torch.float32).reshape(-1, 3, 1, 1)).norm(dim=1)
 
 
 def _centroid(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,9 +283,10 @@ def compare_models(
     for name, extractor in extractors.items():
         subject = image_embeddings(extractor, subject_images)
         similarity = lambda images: mean_similarity(image_embeddings(extractor, images), subject)  # noqa: E731
-        fidelity[name] = {model: similarity(generations[model]["subject"]) for model in models}
+        embedded = {model: image_embeddings(extractor, generations[model]["subject"]) for model in models}
+        fidelity[name] = {model: mean_similarity(embedded[model], subject) for model in models}
         fidelity[name]["by_prompt"] = {
-            model: [similarity(images) for images in generations[model]["subject"].split(prompts.per_prompt)] for model in models
+            model: [mean_similarity(chunk, subject) for chunk in embedded[model].split(prompts.per_prompt)] for model in models
         }
         fidelity[name]["references"] = {"subject_images": mean_similarity(subject, subject, exclude_diagonal=True)}
         fidelity[name]["references"].update({ref: similarity(images) for ref, images in (references or {}).items()})
