@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from pixart_lab.models.vae import build_vae, load_vae, measure_scaling_factor, psnr, reconstruct, vae_loss
+from pixart_lab.data.transforms import model_range_to_uint8, uint8_to_model_range
+from pixart_lab.models.vae import build_vae, load_vae, measure_scaling_factor, psnr, reconstruct, round_trip_uint8, vae_loss
 
 
 def test_downsampling_factor_and_latent_shape(tiny_vae):
@@ -25,6 +26,21 @@ def test_save_and_load_round_trip_keeps_scaling_and_outputs(tiny_vae, tmp_path):
     assert loaded.config.scaling_factor == 0.5
     torch.testing.assert_close(reconstruct(loaded, x), reconstruct(tiny_vae, x), rtol=0, atol=0)
     assert load_vae(str(tmp_path / "vae"), scaling_factor=0.18215).config.scaling_factor == 0.18215
+
+
+def test_uint8_round_trip_is_the_reconstruction_in_pixels_whatever_the_batching(tiny_vae):
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    whole = round_trip_uint8(tiny_vae.eval(), images, batch_size=8)
+    assert whole.dtype == torch.uint8 and whole.shape == images.shape
+    assert torch.equal(whole, model_range_to_uint8(reconstruct(tiny_vae, uint8_to_model_range(images))))
+    batched = round_trip_uint8(tiny_vae, images, batch_size=2)  # float kernels may round one level apart
+    assert (batched.int() - whole.int()).abs().max() <= 1
+
+
+def test_uint8_conversions_invert_each_other_and_clip():
+    images = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    assert torch.equal(model_range_to_uint8(uint8_to_model_range(images)), images)
+    assert model_range_to_uint8(torch.tensor([-1.5, 1.5])).tolist() == [0, 255]
 
 
 def test_scaling_factor_makes_latents_unit_variance(tiny_vae):

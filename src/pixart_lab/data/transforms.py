@@ -32,6 +32,11 @@ def uint8_to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float().div(127.5).sub(1.0)
 
 
+def model_range_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] (decoded images) -> uint8 [0, 255], rounded and clipped."""
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def load_images(
     records: Sequence[Record],
     height: int,

@@ -18,6 +18,7 @@ from PIL import Image
 
 from pixart_lab.data.buckets import aspect_ratio_table
 from pixart_lab.data.scene import NUM_CLASSES, class_name
+from pixart_lab.data.transforms import model_range_to_uint8
 from pixart_lab.diffusion.sampling import generate, with_noise_schedule
 
 
@@ -213,5 +214,5 @@ class DemoModel:
             self.pipeline, [args["condition"]], steps=args["steps"], guidance_scale=args["guidance_scale"], seed=args["seed"],
             height=args["height"], width=args["width"], negative_prompt=args["negative_prompt"],
         )  # fmt: skip
-        pixels = images[0].add(1).mul(127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+        pixels = model_range_to_uint8(images[0]).permute(1, 2, 0).numpy()
         return Result(Image.fromarray(pixels), self.caption(settings.prompt.strip(), args), time.perf_counter() - start)

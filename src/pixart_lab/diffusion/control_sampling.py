@@ -25,6 +25,7 @@ from diffusers import PixArtAlphaPipeline, SchedulerMixin
 from tqdm import tqdm
 
 from pixart_lab.data.control_features import encode_control_latents
+from pixart_lab.data.transforms import model_range_to_uint8
 from pixart_lab.diffusion.sampling import export_pipeline, load_pipeline
 from pixart_lab.models.controlnet import PixArtControlNet, controlled_forward
 
@@ -115,7 +116,7 @@ def generate_many_with_control(
     for k, i in enumerate(tqdm(chunks, desc=f"generate {len(prompts)}", disable=not progress)):
         part = control[i : i + batch_size] if control is not None else None
         out.append(generate_with_control(pipeline, controlnet, prompts[i : i + batch_size], part, seed=seed + k, **sampling))
-    return torch.cat(out).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return model_range_to_uint8(torch.cat(out))
 
 
 def export_controlled_pipeline(pipeline: PixArtAlphaPipeline, controlnet: PixArtControlNet, directory: str | Path) -> Path:

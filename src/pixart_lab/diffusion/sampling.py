@@ -31,6 +31,7 @@ from tqdm import tqdm
 from transformers import T5EncoderModel
 
 from pixart_lab.data.scene import NUM_CLASSES, class_name
+from pixart_lab.data.transforms import model_range_to_uint8
 from pixart_lab.models.denoisers import unmasked_context
 from pixart_lab.models.official_checkpoint import ORIGINAL_SUFFIXES, load_original_checkpoint
 from pixart_lab.models.per_block_adaln import has_per_block_adaln, per_block_adaln
@@ -247,4 +248,4 @@ def generate_many(
         generate(pipeline, conditions[i : i + batch_size], seed=seed + k, **sampling)
         for k, i in enumerate(tqdm(chunks, desc=f"generate {len(conditions)}", disable=not progress))
     ]
-    return torch.cat(out).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return model_range_to_uint8(torch.cat(out))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from diffusers import AutoencoderKL
 
+from pixart_lab.data.transforms import model_range_to_uint8, uint8_to_model_range
 from pixart_lab.utils.hub import download_hint, load_pretrained
 
 
@@ -68,6 +69,12 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> dict
 def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """Decode the posterior mean: the deterministic reconstruction used for PSNR."""
     return vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
+
+
+def round_trip_uint8(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """uint8 images [N, 3, H, W] encoded and decoded: the best a latent diffusion model on this VAE can draw of them."""
+    decoded = [reconstruct(vae, uint8_to_model_range(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return model_range_to_uint8(torch.cat(decoded))
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
