@@ -1,4 +1,4 @@
-"""The embedded DreamBooth subject: a striped ring in corpus style, captioned in corpus grammar."""
+"""The embedded DreamBooth subject: a two-tone ring in corpus style, captioned in corpus grammar."""
 
 from __future__ import annotations
 

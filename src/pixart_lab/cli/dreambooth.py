@@ -28,7 +28,7 @@ from pixart_lab.evaluation.evaluators import CompositionalEvaluator
 from pixart_lab.models.denoisers import caption_conditional_pixart, count_parameters
 from pixart_lab.models.identifier import identifier_pieces
 from pixart_lab.models.text_encoder import FrozenTextEncoder
-from pixart_lab.models.vae import load_vae
+from pixart_lab.models.vae import load_vae, round_trip_uint8
 from pixart_lab.training.checkpoints import WEIGHTS_FILE, resolve_init
 from pixart_lab.training.dreambooth import trainable_parameters
 from pixart_lab.training.history import MetricHistory
@@ -88,8 +88,11 @@ def main(cfg: DictConfig) -> dict:
     if ev.dino:
         features["dino"] = DinoImageFeatures.from_pretrained(ev.dino)
     features.update({f"{name}_object": ObjectFeatures(f) for name, f in list(features.items())})
-    # A rendered subject shows what the figures mean: a perfect generation, a recoloured ring, an empty image.
+    # A rendered subject shows what the figures mean: a perfect generation, the same through the VAE (the
+    # best a latent model can draw), a recoloured ring, an empty image.
     references = subject.references(ev.poses) if isinstance(subject, EmbeddedSubject) else None
+    if references is not None:
+        references["subject_through_the_vae"] = round_trip_uint8(vae, references["subject_in_these_poses"])
     report = compare_models(images, floor, subject_images, prompt_sets, features, clip_score_model(cfg.eval.clip),
                             evaluator.probe, evaluator.valid_attributes, references)  # fmt: skip
     rows = comparison_rows(subject_images, images, prompt_sets)

@@ -1,7 +1,8 @@
-"""The embedded DreamBooth subject: a striped ring, a shape the corpus never contains, in a few poses.
+"""The embedded DreamBooth subject: a two-tone ring, a shape the corpus never contains, in a few poses.
 
 The corpus draws six filled shapes, each in one flat colour (``data/scene.py``). The subject is an
-annulus cut into sectors of two alternating colours: a new shape with a pattern no corpus object has.
+annulus cut into sectors of two alternating colours (two by default: half orange, half cyan): a new
+shape with a pattern no corpus object has.
 It is drawn the corpus' way (one object in a cell of the 3x3 grid, the corpus' object sizes,
 supersampled anti-aliasing, a sharp rendering on a plain background) and captioned in the corpus'
 grammar with "<identifier> <class noun>" where colour and shape would stand:
@@ -59,11 +60,15 @@ class Pose:
 
 @dataclass(frozen=True)
 class StripedRing:
-    """An annulus of ``sectors`` sectors in two alternating corpus colours; ``inner`` = hole / outer radius."""
+    """An annulus of ``sectors`` sectors in two alternating corpus colours; ``inner`` = hole / outer radius.
+
+    Two sectors by default: the embedded VAE (trained on one-colour shapes) carries two halves through
+    its latents, while eight come back as a ring of one mixed colour (``conf/subject/embedded.yaml``).
+    """
 
     colours: Sequence[str] = ("orange", "cyan")
-    sectors: int = 8
-    inner: float = 0.5
+    sectors: int = 2
+    inner: float = 0.4
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.colours if c not in COLOURS]

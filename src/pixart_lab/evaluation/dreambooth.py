@@ -77,7 +77,7 @@ def without_objects(images: torch.Tensor, tolerance: float = COLOUR_TOLERANCE) -
 class ObjectFeatures(nn.Module):
     """``features(image) - features(image without its objects)``: what the objects add to an image's embedding.
 
-    Measured on this corpus: the CLIP image tower puts the striped ring (a shape it never saw) close
+    Measured on this corpus: the CLIP image tower puts the ring (a shape it never saw) close
     to the empty background it stands on, so plain CLIP similarity scores an empty image nearly as
     high as the subject itself. Generated images add another trap: their backgrounds carry noise and
     artefacts the tower reads as content, so subtracting a *plain* background left the base model's
