@@ -27,8 +27,8 @@ def compose(overrides: list[str]) -> str:
 @pytest.mark.parametrize(
     "overrides, expected",
     [([], ["run_name: dreambooth", "_target_: pixart_lab.training.dreambooth.LoraFineTune", "rank: 8", "- to_out.0",
-           "out_dir: checkpoints/dreambooth/instance", "metrics: metrics/dreambooth.json", "max_steps: 400",
-           "sectors: 2"]),
+           "out_dir: checkpoints/dreambooth/instance", "metrics: metrics/dreambooth.json", "max_steps: 1000",
+           "sectors: 2", "prior_target: base"]),
      (["finetune=full"], ["run_name: dreambooth_full", "_target_: pixart_lab.training.dreambooth.FullFineTune",
                           "metrics: metrics/dreambooth_full.json", "features_dir: checkpoints/dreambooth_full/features"]),
      (["profile=smoke"], ["max_steps: 4", "per_prompt: 1", "images_per_prompt: 1"]),

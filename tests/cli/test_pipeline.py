@@ -189,6 +189,8 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     fidelity = dreambooth["subject_fidelity"]
     assert fidelity["clip_object"]["references"]["empty_backgrounds"] == 0  # nothing but background: no object
     assert -1 <= fidelity["clip_object"]["references"]["subject_through_the_vae"] <= 1  # what the VAE lets a model reach
+    clip_refs = dreambooth["prompt_fidelity"]["clip_score_subject_prompts"]["references"]
+    assert set(clip_refs) == set(fidelity["clip"]["references"]) - {"subject_images"} and all(0 <= v <= 100 for v in clip_refs.values())
     for model in ("base", "finetuned"):
         assert -1 <= fidelity["clip"][model] <= 1 and -1 <= fidelity["clip_object"][model] <= 1
         assert set(dreambooth["prompt_fidelity"]["composition"][model]) == {"background", "probe_relation", "pixel_relation"}

@@ -13,15 +13,16 @@ from torch.utils.data import DataLoader
 from pixart_lab.models.lora import WEIGHT_NAME, load_lora, lora_layers
 from pixart_lab.training.checkpoints import WEIGHTS_FILE
 from pixart_lab.training.dreambooth import FullFineTune, LoraFineTune, PriorPreservationModule, trainable_parameters
+from pixart_lab.utils.errors import ConfigError
 
 
-def make_module(text_encoder, strategy=None, prior_loss_weight=1.0):
+def make_module(text_encoder, strategy=None, prior_loss_weight=1.0, prior_target="noise", reference=None):
     denoiser = tiny_denoiser("pixart", text_encoder)
     if strategy is not None:
         denoiser.transformer = strategy.prepare(denoiser.transformer)
     optimizer = partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.0)
-    return PriorPreservationModule(denoiser, optimizer, prior_loss_weight=prior_loss_weight, warmup_steps=1,
-                                   ema_decay=0.5, base_batch_size=4, condition_dropout=0.0)  # fmt: skip
+    return PriorPreservationModule(denoiser, optimizer, prior_loss_weight=prior_loss_weight, prior_target=prior_target,
+                                   reference=reference, warmup_steps=1, ema_decay=0.5, base_batch_size=4, condition_dropout=0.0)  # fmt: skip
 
 
 def fake_batch(text_encoder, n_instance=2, n_class=2, seed=0):
@@ -56,6 +57,33 @@ def test_loss_is_instance_loss_plus_lambda_times_prior_loss(tiny_text_encoder, w
     changed["latent_mean"][2:] += 3.0
     moved = float(module.training_step(changed, 0)) != pytest.approx(float(loss))
     assert moved == (weight > 0)
+
+
+def test_base_prior_target_fits_the_frozen_base_prediction_on_class_rows(tiny_text_encoder):
+    module = make_module(tiny_text_encoder, prior_loss_weight=2.0, prior_target="base", reference=tiny_denoiser("pixart", tiny_text_encoder))
+    module.reference.load_state_dict(module.denoiser.state_dict())  # the base, before fine-tuning
+    module.__class__ = Logged
+    batch = fake_batch(tiny_text_encoder)
+    parts = module.per_sample_losses(module.denoiser, batch, module._generator(0), drop_conditions=True, reference=module.reference)
+    assert parts["distill"].tolist() == [0.0] * 4  # equal networks, same inputs
+    torch.testing.assert_close(module.training_step(batch, 0), parts["loss"][:2].mean())
+    with torch.no_grad():
+        module.denoiser.transformer.proj_out.bias += 0.1  # the fine-tuned model drifts
+    parts = module.per_sample_losses(module.denoiser, batch, module._generator(0), drop_conditions=True, reference=module.reference)
+    assert parts["distill"].min() > 1e-3
+    loss = module.training_step(batch, 0)
+    torch.testing.assert_close(loss, parts["loss"][:2].mean() + 2.0 * parts["distill"][2:].mean())
+    assert module.logged["train/prior_loss"] == pytest.approx(float(parts["distill"][2:].mean()))
+    loss.backward()
+    assert all(p.grad is None for p in module.reference.parameters())  # frozen, out of the graph
+    assert not module.train().reference.training
+
+
+def test_prior_target_is_checked_by_name(tiny_text_encoder):
+    with pytest.raises(ConfigError, match=r"module.prior_target='model': expected one of noise, base"):
+        make_module(tiny_text_encoder, prior_target="model")
+    with pytest.raises(ConfigError, match="prior_target=base needs the frozen base model as reference"):
+        make_module(tiny_text_encoder, prior_target="base")
 
 
 def test_lora_fine_tune_trains_adapters_only_and_saves_what_it_trained(tiny_features, tiny_text_encoder, tmp_path):

@@ -63,8 +63,10 @@ def main(cfg: DictConfig) -> dict:
     cache_features({INSTANCE_SPLIT: instance, CLASS_SPLIT: classes}, cfg.features_dir, vae, text_encoder, cfg.data.image_size)
 
     strategy = instantiate(cfg.finetune.strategy)
-    denoiser = caption_conditional_pixart(strategy.prepare(base.transformer), cfg.text_encoder.pretrained, cfg.text_encoder.max_length)
-    module = instantiate(cfg.module, denoiser=denoiser)
+    conditional = lambda transformer: caption_conditional_pixart(transformer, cfg.text_encoder.pretrained, cfg.text_encoder.max_length)  # noqa: E731
+    denoiser = conditional(strategy.prepare(base.transformer))
+    reference = conditional(base.transformer) if cfg.module.prior_target == "base" else None  # the frozen base
+    module = instantiate(cfg.module, denoiser=denoiser, reference=reference)
     history = MetricHistory(cfg.outputs.plot, keys=LOGGED, every_n_steps=cfg.outputs.plot_every_n_steps)
     cost, loggers = instantiate(cfg.cost), build_loggers(cfg.logger)
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg.callbacks, history, cost))

@@ -6,7 +6,9 @@
   with each image's plain-background embedding removed (:class:`ObjectFeatures`), which unlike plain
   CLIP similarity does not score an empty image like the subject.
 * **Prompt fidelity**: CLIP score of those generations against their prompt without the identifier
-  (the evaluator's text tower never saw the identifier), and compositional checks for prompts that
+  (the evaluator's text tower never saw the identifier), with the same references as subject
+  fidelity: a new subject is no plain "circle", so even its perfect rendering scores below the base
+  model's circles and blobs; and compositional checks for prompts that
   place the subject relative to a second object: the probe's background, the GenEval position rule
   through the attribute probe, and the same relation read from pixels (:func:`pixel_relation`).
 * **Class prior**: generations for the class prompt alone. Their Fréchet distance to base-model images
@@ -292,12 +294,18 @@ def compare_models(
         fidelity[name]["references"].update({ref: similarity(images) for ref, images in (references or {}).items()})
         drift["subject_similarity"][name] = {model: similarity(generations[model]["class"]) for model in models}
     text = prompts.without_identifier(sets["subject"] + sets["composition"])
-    prompt_fidelity = {"clip_score": {}, "composition": {}}
+    subject_text = prompts.without_identifier(sets["subject"])
+    prompt_fidelity = {"clip_score": {}, "clip_score_subject_prompts": {}, "composition": {}}
     for model in models:
         images = generations[model]
         prompt_fidelity["clip_score"][model] = clip_score(torch.cat([images["subject"], images["composition"]]), text, clip_score_fn)
+        prompt_fidelity["clip_score_subject_prompts"][model] = clip_score(images["subject"], subject_text, clip_score_fn)
         prompt_fidelity["composition"][model] = composition_scores(images["composition"], compositions, probe, valid_attributes)
         drift["clip_score"][model] = clip_score(images["class"], sets["class"], clip_score_fn)
+    if references:  # one image per subject prompt: what the subject prompts' CLIP score is for them
+        prompt_fidelity["clip_score_subject_prompts"]["references"] = {
+            ref: clip_score(images, subject_text[:: prompts.per_prompt], clip_score_fn) for ref, images in references.items()
+        }
     # Every model's class images against the base model's from other seeds: the base's own value is
     # the seed-to-seed floor, a fine-tuned model's excess over it is its drift.
     features = next(iter(extractors.values()))

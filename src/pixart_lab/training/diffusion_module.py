@@ -94,9 +94,13 @@ class DiffusionModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + offset)
 
     def per_sample_losses(
-        self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
+        self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool, reference: Denoiser | None = None
     ) -> dict[str, torch.Tensor]:
-        """Loss (hybrid, or L_simple for a fixed variance) and its parts of every sample of the batch, at random timesteps."""
+        """Loss (hybrid, or L_simple for a fixed variance) and its parts of every sample of the batch, at random timesteps.
+
+        With a frozen ``reference`` denoiser, also ``"distill"``: the mean squared difference between the
+        two networks' outputs on the same noised inputs and conditions.
+        """
         x0 = sample_latents(batch, generator)
         n = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=generator, device=self.device)
@@ -107,8 +111,14 @@ class DiffusionModule(L.LightningModule):
         x_t = self.schedule.q_sample(x0, t, noise)
         output = denoiser(x_t, t, batch).float()  # the loss in float32, also under bf16/fp16 autocast
         if self.learned_variance:
-            return hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
-        return simple_loss(output, noise.float())
+            parts = hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
+        else:
+            parts = simple_loss(output, noise.float())
+        if reference is not None:
+            with torch.no_grad():
+                target = reference(x_t, t, batch).float()
+            parts["distill"] = (output - target).pow(2).flatten(1).mean(1)
+        return parts
 
     def diffusion_losses(
         self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool
