@@ -25,7 +25,7 @@ from pixart_lab.evaluation.dreambooth import (
     generate_comparison,
 )
 from pixart_lab.evaluation.evaluators import CompositionalEvaluator
-from pixart_lab.models.denoisers import caption_conditional_pixart, count_parameters
+from pixart_lab.models.denoisers import CaptionConditionalPixArt, caption_conditional_pixart, count_parameters
 from pixart_lab.models.identifier import identifier_pieces
 from pixart_lab.models.text_encoder import FrozenTextEncoder
 from pixart_lab.models.vae import load_vae, round_trip_uint8
@@ -63,9 +63,10 @@ def main(cfg: DictConfig) -> dict:
     cache_features({INSTANCE_SPLIT: instance, CLASS_SPLIT: classes}, cfg.features_dir, vae, text_encoder, cfg.data.image_size)
 
     strategy = instantiate(cfg.finetune.strategy)
-    conditional = lambda transformer: caption_conditional_pixart(transformer, cfg.text_encoder.pretrained, cfg.text_encoder.max_length)  # noqa: E731
-    denoiser = conditional(strategy.prepare(base.transformer))
-    reference = conditional(base.transformer) if cfg.module.prior_target == "base" else None  # the frozen base
+    denoiser = caption_conditional_pixart(strategy.prepare(base.transformer), cfg.text_encoder.pretrained, cfg.text_encoder.max_length)
+    # The frozen base, with the same null caption (the text encoder is not loaded again).
+    reference = (CaptionConditionalPixArt(base.transformer, denoiser.null_caption_emb, denoiser.null_caption_mask)
+                 if cfg.module.prior_target == "base" else None)  # fmt: skip
     module = instantiate(cfg.module, denoiser=denoiser, reference=reference)
     history = MetricHistory(cfg.outputs.plot, keys=LOGGED, every_n_steps=cfg.outputs.plot_every_n_steps)
     cost, loggers = instantiate(cfg.cost), build_loggers(cfg.logger)

@@ -12,7 +12,9 @@ and overfitting); lambda = 1 in the paper.
 noise drawn for each class image, the frozen base model's own prediction on the same noised class
 image and class prompt (a distillation of the base, ``L = ||model(x_t, t, c) - base(x_t, t, c)||^2``).
 The noise target asks the model to refit the base's samples, which moves it even with no subject at
-all (measured in the README); the base's prediction is where the model already is. What trains is a strategy from ``conf/finetune/``:
+all (measured in the README); the base's prediction is where the model already is.
+
+What trains is a strategy from ``conf/finetune/``:
 :class:`LoraFineTune` (adapters only, saved in diffusers' LoRA layout) or :class:`FullFineTune`
 (every weight, saved as a diffusers transformer folder).
 """
