@@ -9,6 +9,7 @@ from pixart_lab.data.buckets import aspect_ratio_table
 from pixart_lab.data.corpus import (
     DATA_INFO_KEYS,
     SPLITS,
+    TRAINING_SPLITS,
     CorpusConfig,
     CorpusError,
     generate_corpus,
@@ -19,6 +20,7 @@ from pixart_lab.data.scene import (
     class_label,
     class_name,
     dense_caption,
+    reserved_for_evaluation,
     scene_signature,
 )
 
@@ -62,17 +64,19 @@ def test_layout_and_data_info_entries(corpus):
             scene = Scene.from_dict(e["scene"])
             assert (scene.width, scene.height) == (e["width"], e["height"])
             assert e["ratio"] == e["height"] / e["width"]
-            assert e["prompt"] == dense_caption(scene)
+            # the template's words or free ones, never a caption reserved for evaluation in a training split
+            assert e["prompt"] == dense_caption(scene) or all(f"{o.colour} {o.shape}" in e["prompt"] for o in scene.objects)
+            assert not (split in TRAINING_SPLITS and reserved_for_evaluation(scene)), e["prompt"]
             assert e["signature"] == scene_signature(scene)
             assert e["label"] == class_label(scene) and e["class_name"] == class_name(e["label"])
             assert e["quality"] == scene.quality
-    assert {(e["height"], e["width"]) for e in load_info(corpus, "train")} == {(64, 64)}
-    assert {(e["height"], e["width"]) for e in load_info(corpus, "heldout")} == {(64, 64)}
+    assert {(e["height"], e["width"]) for e in load_info(corpus, "train")} == {(48, 48)}
+    assert {(e["height"], e["width"]) for e in load_info(corpus, "heldout")} == {(48, 48)}
 
 
 def test_aesthetic_split_uses_several_buckets_and_scores_clean_highest(corpus):
     info = load_info(corpus, "aesthetic")
-    buckets = set(aspect_ratio_table(128, CorpusConfig().aspect_ratios, 8).values())
+    buckets = set(aspect_ratio_table(96, CorpusConfig().aspect_ratios, 8).values())
     sizes = {(e["height"], e["width"]) for e in info}
     assert sizes <= buckets and len(sizes) >= 3
     everything = info + load_info(corpus, "train")
@@ -89,7 +93,7 @@ def test_images_show_the_captioned_colour(corpus):
             continue
         pixels = np.asarray(Image.open(corpus / split / e["path"])).astype(int)
         for o in e["scene"]["objects"]:
-            if o["size"] == "large" and o["shape"] in ("circle", "square", "hexagon"):
+            if o["size"] == "large" and o["shape"] in ("circle", "square"):
                 x, y = round(o["cx"] * e["width"] - 0.5), round(o["cy"] * e["height"] - 0.5)
                 assert np.abs(pixels[y, x] - COLOURS[o["colour"]]).max() <= 10, (e["path"], o)
                 checked += 1
@@ -106,7 +110,7 @@ def test_manifest_is_portable_and_complete(corpus):
     manifest = json.loads(text)
     assert str(corpus) not in text and "workers" not in text
     assert manifest["counts"] == {"train": 20, "heldout": 8, "aesthetic": 12}
-    assert manifest["config"]["seed"] == 0 and manifest["vocabulary"]["num_classes"] == 48
+    assert manifest["config"]["seed"] == 0 and manifest["vocabulary"]["num_classes"] == 24
 
 
 def test_rerun_renders_only_missing_files_and_cleans_leftovers(corpus, tmp_path):

@@ -23,7 +23,7 @@ from pixart_lab.models.text_encoder import FrozenTextEncoder
 from pixart_lab.models.vae import load_vae
 
 CORPUS = dict(n_train=160, n_heldout=16, n_aesthetic=16, chunksize=8)
-SPECS = [SplitSpec("train", 64), SplitSpec("heldout", 64), SplitSpec("aesthetic", 128, (0.5, 0.75, 1.0, 1.33, 2.0))]
+SPECS = [SplitSpec("train", 48), SplitSpec("heldout", 48), SplitSpec("aesthetic", 96, (0.5, 0.75, 1.0, 1.33, 2.0))]
 
 
 def start(module: str, *overrides: str, cwd: Path) -> subprocess.Popen:

@@ -69,11 +69,11 @@ def test_each_check_rejects_the_error_it_is_about():
     swapped_colours = [DetectedObject("circle", "blue", 0, 0), DetectedObject("star", "red", 0, 2)]
     assert check("position", two, swapped_colours) and not check("color_attr", two, swapped_colours)
     assert not check("two_object", two, good[:1])
-    three = {"objects": [{"shape": "star", "colour": "pink", "row": r, "col": 1} for r in range(3)], "count": 3}
+    three = {"objects": [{"shape": "star", "colour": "orange", "row": r, "col": 1} for r in range(3)], "count": 3}
     assert check("counting", three, truth(three)) and not check("counting", three, truth(three)[:2])
-    assert not check("counting", three, truth(three) + [DetectedObject("star", "pink", 0, 0)])
-    one = {"objects": [{"shape": "hexagon", "colour": "green", "row": 1, "col": 1}], "count": 1}
-    wrong_colour = [DetectedObject("hexagon", "cyan", 1, 1)]
+    assert not check("counting", three, truth(three) + [DetectedObject("star", "orange", 0, 0)])
+    one = {"objects": [{"shape": "triangle", "colour": "green", "row": 1, "col": 1}], "count": 1}
+    wrong_colour = [DetectedObject("triangle", "cyan", 1, 1)]
     assert check("single_object", one, wrong_colour) and not check("colors", one, wrong_colour)
 
 

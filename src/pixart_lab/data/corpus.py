@@ -41,7 +41,8 @@ from pixart_lab.data.scene import (
     aesthetic_score,
     class_label,
     class_name,
-    dense_caption,
+    corpus_caption,
+    reserved_for_evaluation,
     sample_scene,
     scene_signature,
     sparse_caption,
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "heldout", "aesthetic")
 SPLIT_IDS: dict[str, int] = {split: i for i, split in enumerate(SPLITS)}
+# Splits a curriculum stage trains on: they never hold a caption reserved for evaluation.
+TRAINING_SPLITS: tuple[str, ...] = ("train", "aesthetic")
 FORMAT_VERSION = 1
 # compress_level 6 is zlib's default; fixed here because the bytes are part of the contract.
 PNG_OPTIONS: dict[str, Any] = {"format": "PNG", "compress_level": 6, "optimize": False}
@@ -74,8 +77,8 @@ class CorpusConfig:
     n_train: int = 20000
     n_heldout: int = 2000
     n_aesthetic: int = 4000
-    base_size: int = 64
-    aesthetic_base_size: int = 128
+    base_size: int = 48
+    aesthetic_base_size: int = 96
     aspect_ratios: Sequence[float] = field(default_factory=lambda: EMBEDDED_RATIOS)
     bucket_multiple: int = 8
     supersample: int = 4
@@ -139,10 +142,12 @@ def _describe(
     else:
         height = width = cfg.base_size
     scene = sample_scene(rng, width, height)
+    while split in TRAINING_SPLITS and reserved_for_evaluation(scene):
+        scene = sample_scene(rng, width, height)
     label = class_label(scene)
     entry = {
         "path": image_relpath(index),
-        "prompt": dense_caption(scene),
+        "prompt": corpus_caption(scene, rng),
         "sparse_prompt": sparse_caption(scene, rng),
         "height": height,
         "width": width,

@@ -2,9 +2,11 @@
 
 GenEval (Ghosh et al., 2023) scores six tasks with an object detector: single object, two objects,
 counting, colours, position and colour attribution; the overall score is the mean of the task
-accuracies. Here the prompts are dense corpus captions of sharp scenes sampled with a fixed seed
-and kept only if their graph (``scene_signature``) is absent from the training splits, and the
-detector is the attribute probe. A task is scored only when every attribute it reads passed the
+accuracies. Here the prompts are dense corpus captions of sharp scenes sampled with a fixed seed,
+kept only if their caption content is reserved for evaluation (never a training caption, in any
+phrasing: ``reserved_for_evaluation``) and their graph (``scene_signature``) is absent from the
+training splits; each also has a fixed free paraphrase (``free_prompt``: no quality phrase,
+synonyms, numerals) to test prompts worded as users word them. The detector is the attribute probe. A task is scored only when every attribute it reads passed the
 probe's held-out validation (``TASK_ATTRIBUTES``).
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pixart_lab.data.scene import Scene, dense_caption, sample_scene, scene_signature
+from pixart_lab.data.scene import Scene, dense_caption, free_prompt, reserved_for_evaluation, sample_scene, scene_signature
 from pixart_lab.evaluation.attribute_probe import DetectedObject
 
 TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -41,14 +43,15 @@ _SCENE_KIND = {
 
 @dataclass(frozen=True)
 class CompositionalPrompt:
-    """A held-out prompt: its task, the scene graph it states, and the caption."""
+    """A held-out prompt: its task, the scene graph it states, the caption and its free paraphrase."""
 
     task: str
     prompt: str
     scene: dict[str, Any]
+    paraphrase: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "prompt": self.prompt, "scene": self.scene}
+        return {"task": self.task, "prompt": self.prompt, "scene": self.scene, "paraphrase": self.paraphrase}
 
 
 def _fits_task(task: str, scene: Scene) -> bool:
@@ -69,7 +72,8 @@ def signatures(records: Sequence[Any]) -> set[str]:
 def build_prompt_set(
     train_signatures: Collection[str], per_task: int, seed: int = 0, size: int = 64, max_tries: int = 100_000
 ) -> list[CompositionalPrompt]:
-    """``per_task`` prompts for each task, from sharp scenes whose graph is not in ``train_signatures``."""
+    """``per_task`` prompts for each task, from sharp scenes reserved for evaluation whose graph is not
+    in ``train_signatures``."""
     rng = np.random.default_rng(seed)
     prompts, seen = [], set(train_signatures)
     for task in TASKS:
@@ -79,10 +83,10 @@ def build_prompt_set(
                 break
             scene = sample_scene(rng, size, size, kind=_SCENE_KIND[task], quality="clean")
             signature = scene_signature(scene)
-            if signature in seen or not _fits_task(task, scene):
+            if signature in seen or not _fits_task(task, scene) or not reserved_for_evaluation(scene):
                 continue
             seen.add(signature)  # distinct prompts across the whole set
-            prompts.append(CompositionalPrompt(task, dense_caption(scene), scene.to_dict()))
+            prompts.append(CompositionalPrompt(task, dense_caption(scene), scene.to_dict(), free_prompt(scene, rng)))
             found += 1
         if found < per_task:
             raise ValueError(f"found only {found} unseen {task} scenes of {per_task} in {max_tries} draws")
