@@ -40,7 +40,8 @@ def main(cfg: DictConfig) -> dict:
 
     vae = instantiate(cfg.vae.model)
     module = VAEModule(
-        vae, train_cfg.lr, train_cfg.kl_weight, train_cfg.crop_size, train_cfg.warmup_steps, train_cfg.max_steps
+        vae, train_cfg.lr, train_cfg.kl_weight, train_cfg.crop_size, train_cfg.warmup_steps, train_cfg.max_steps,
+        train_cfg.l1_weight,
     )
     history = MetricHistory(cfg.outputs.plot, keys=["train/loss", "train/mse"], every_n_steps=10)
     callbacks = build_callbacks(cfg.callbacks, history)

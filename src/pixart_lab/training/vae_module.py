@@ -12,7 +12,7 @@ from pixart_lab.training.lr_schedule import adamw_warmup_cosine
 
 
 class VAEModule(L.LightningModule):
-    """MSE + small KL on random crops (the VAE is convolutional, so crops train it as well as whole images)."""
+    """MSE (+ L1) + small KL on random crops (the VAE is convolutional, so crops train it as well as whole images)."""
 
     def __init__(
         self,
@@ -22,10 +22,11 @@ class VAEModule(L.LightningModule):
         crop_size: int | None,
         warmup_steps: int = 0,
         total_steps: int | None = None,
+        l1_weight: float = 0.0,
     ):
         super().__init__()
         self.vae = vae
-        self.lr, self.kl_weight, self.crop_size = lr, kl_weight, crop_size
+        self.lr, self.kl_weight, self.l1_weight, self.crop_size = lr, kl_weight, l1_weight, crop_size
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
 
     def _random_crop(self, images: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
         images = self._random_crop(uint8_to_model_range(batch[0]))
-        losses = vae_loss(self.vae, images, self.kl_weight)
+        losses = vae_loss(self.vae, images, self.kl_weight, self.l1_weight)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(images))
         return losses["loss"]
 
