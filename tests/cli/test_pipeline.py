@@ -17,7 +17,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = (
-    "train_vae", "train_text_encoder", "extract_features", "train_evaluators",
+    "train_vae", "train_text_encoder", "extract_features", "train_evaluators", "ceiling",
     "stage1_pixel", "reparam", "stage2_alignment", "stage2_long", "stage3_aesthetic", "baseline_sd", "samples",
     "evaluate@stage1", "evaluate@stage2", "evaluate@stage3", "evaluate@baseline_sd", "report",
     "extract_control", "train_controlnet", "evaluate_controlnet", "dreambooth",
@@ -88,13 +88,13 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     assert "Data and pipelines are up to date." in run(["dvc", "status"], clone)
 
     vae = json.loads((clone / "metrics" / "vae.json").read_text())
-    assert vae["latent_shape"] == [4, 16, 16] and vae["scaling_factor"] > 0
+    assert vae["latent_shape"] == [4, 12, 12] and vae["scaling_factor"] > 0
     features = json.loads((clone / "metrics" / "features.json").read_text())
     assert features["images"] == 256 + 64 + 64 and features["skipped"] == 0
     assert (clone / "models" / "vae" / "config.json").is_file()
     assert (clone / "models" / "text_encoder" / "tokenizer").is_dir()
     assert (clone / "plots" / "vae_loss.csv").read_text().startswith("step,loss,mse")
-    assert Image.open(clone / "plots" / "vae_reconstructions.png").size == (8 * 66 + 2, 2 * 66 + 2)
+    assert Image.open(clone / "plots" / "vae_reconstructions.png").size == (8 * 50 + 2, 2 * 50 + 2)
 
     # The curriculum: stage 1 -> reparam -> stage 2 -> stage 3 -> samples, each from the previous one.
     metrics = {name: json.loads((clone / "metrics" / f"{name}.json").read_text()) for name in ("stage1", "stage2", "stage3")}
@@ -103,8 +103,8 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     reparam = json.loads((clone / "metrics" / "reparam.json").read_text())
     assert reparam["max_output_error"] < 1e-5 and reparam["max_modulation_error"] < 1e-5
     samples = json.loads((clone / "metrics" / "samples.json").read_text())
-    assert samples["export_max_abs_diff"] == 0.0 and samples["size"] == [128, 128]
-    assert Image.open(clone / "plots" / "samples_stage3.png").size == (4 * 130 + 2, 2 * 130 + 2)
+    assert samples["export_max_abs_diff"] == 0.0 and samples["size"] == [96, 96]
+    assert Image.open(clone / "plots" / "samples_stage3.png").size == (4 * 98 + 2, 2 * 98 + 2)
     for name in ("stage1", "stage2", "stage3"):
         assert (clone / "checkpoints" / name / "last.ckpt").is_file()
         assert (clone / "checkpoints" / name / "transformer" / "config.json").is_file()
@@ -123,15 +123,23 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     for name, result in evaluations.items():
         assert result["fid"]["images"] == 16 and result["fid"]["generated"] > 0 and result["fid"]["real_vs_real_floor"] > 0
         assert (clone / "plots" / f"eval_{name}_samples.png").is_file()
-    assert evaluations["stage3"]["size"] == [128, 128] and evaluations["stage2"]["size"] == [64, 64]
+    assert evaluations["stage3"]["size"] == [96, 96] and evaluations["stage2"]["size"] == [48, 48]
     for name in ("stage2", "stage3"):
-        assert evaluations[name]["compositional"]["prompts"] == 18 and "generated" in evaluations[name]["clip_score"]
+        result = evaluations[name]
+        assert result["compositional"]["prompts"] == 18 and "generated" in result["clip_score"]
+        # beside each figure: the same images against shuffled prompts, free paraphrases, and the ceiling
+        assert set(result["compositional"]["shuffled_prompts"]["tasks"]) == set(result["compositional"]["tasks"])
+        assert set(result["compositional"]["free_phrasing"]["tasks"]) == set(result["compositional"]["tasks"])
+        assert result["ceiling"]["compositional"]["prompts"] == 18 and result["ceiling"]["fid"]["images"] == 16
+    ceiling = json.loads((clone / "metrics" / "ceiling.json").read_text())
+    assert ceiling["fid"]["round_trip"] > 0 and "tasks" in ceiling["compositional_sharp_renders"]
+    assert set(ceiling["probe_on_round_trips"]) == {"sharp", "round_trip", "images"}
     # A diffusers pipeline folder given by path is evaluated the same way, through plain from_pretrained.
     run([sys.executable, "-m", "pixart_lab.cli.evaluate", "source=exports/pixart_stage3", "name=export",
-         "size=[128,128]", "profile=smoke"], clone)  # fmt: skip
+         "size=[96,96]", "profile=smoke"], clone)  # fmt: skip
     exported = json.loads((clone / "metrics" / "eval_export.json").read_text())
     assert exported["fid"]["real_vs_real_floor"] == evaluations["stage3"]["fid"]["real_vs_real_floor"]
-    assert exported["size"] == [128, 128] and exported["compositional"]["prompts"] == 18
+    assert exported["size"] == [96, 96] and exported["compositional"]["prompts"] == 18
 
     # Quality against compute: every training stage evaluated periodically, the curriculum's cost chained.
     curves = {name: list(csv.DictReader((clone / "plots" / f"{name}_eval.csv").open())) for name in (*metrics, "baseline_sd")}
@@ -178,7 +186,7 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     for arm in ("controlled", "uncontrolled", "controlled_vs_other_edges"):
         assert fidelity[arm]["images"] == 8 and 0 <= fidelity[arm]["f1"] <= 1 and 0 <= fidelity[arm]["iou"] <= 1
     assert fidelity["export_max_abs_diff"] == 0 and (clone / "exports" / "pixart_controlnet" / "controlnet" / "config.json").is_file()
-    assert Image.open(clone / "plots" / "controlnet_samples.png").size == (4 * 66 + 2, 3 * 66 + 2)
+    assert Image.open(clone / "plots" / "controlnet_samples.png").size == (4 * 50 + 2, 3 * 50 + 2)
     # DreamBooth from stage 2: LoRA in diffusers' layout, base vs fine-tuned on the same prompts and seeds.
     dreambooth = json.loads((clone / "metrics" / "dreambooth.json").read_text())
     assert dreambooth["steps"] == 4 and dreambooth["subject_images"] == 8 and dreambooth["class_images"] == 8

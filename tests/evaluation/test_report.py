@@ -103,3 +103,16 @@ def test_the_wandb_report_is_built_offline_and_published_only_when_logged_in(mon
     assert "Group = 'embedded'" in grid.runsets[0].filters and "'baseline_sd'" in grid.runsets[0].filters
     monkeypatch.setattr(type(report), "save", lambda self, *a, **k: pytest.fail("saved while offline"))
     assert publish(report, online=False).startswith("W&B Report not published: no W&B credentials")
+
+
+def test_ceiling_row_reads_the_round_trip_figures(tmp_path):
+    from pixart_lab.evaluation.report import ceiling_row
+
+    assert ceiling_row(tmp_path) is None  # not measured: no row, no invented figures
+    (tmp_path / "ceiling.json").write_text(json.dumps({
+        "fid": {"round_trip": 3.5, "real_vs_real_floor": 2.0, "images": 500},
+        "clip_score": {"round_trip": 30.1, "real": 31.0},
+        "compositional": {"overall": 0.97, "tasks": {}},
+    }))  # fmt: skip
+    row = ceiling_row(tmp_path)
+    assert row == {"model": "real images through the VAE (ceiling)", "fid": 3.5, "fid_floor": 2.0, "clip_score": 30.1, "compositional": 0.97}

@@ -2,12 +2,17 @@
 
 The metrics are those of :mod:`pixart_lab.evaluation.suite`: FID of images generated from held-out
 half A's captions (stage 1: class labels) against half B's real images, beside the real-vs-real
-floor; CLIP score and GenEval-style compositional accuracy for text-conditioned pipelines.
+floor; CLIP score and GenEval-style compositional accuracy for text-conditioned pipelines (from the
+template prompts, beside the same images judged against shuffled prompts of their task, and from
+the prompts' free paraphrases), each beside its ceiling (``metrics/ceiling.json``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from pathlib import Path
 
 import torch
 from diffusers import DiTPipeline
@@ -19,6 +24,8 @@ from pixart_lab.diffusion.sampling import generate_many, load_pipeline, resolve_
 from pixart_lab.evaluation.suite import HeldOutHalves, QualitySuite
 from pixart_lab.training.images import save_grid
 from pixart_lab.training.wiring import build_loggers, publish_metrics
+
+log = logging.getLogger(__name__)
 
 
 @entry_point("evaluate")
@@ -35,7 +42,8 @@ def main(cfg: DictConfig) -> dict:
 
     n = cfg.eval.fid.images
     heldout = HeldOutHalves.load(instantiate(cfg.data.splits.heldout).records(), n, cfg.data.image_size, progress=True)
-    suite = QualitySuite(heldout, cfg.eval.fid, cfg.eval.clip, cfg.eval.evaluators_dir if cfg.eval.compositional else None)
+    evaluators_dir = cfg.eval.evaluators_dir if cfg.eval.compositional else None
+    suite = QualitySuite(heldout, cfg.eval.fid, cfg.eval.clip, evaluators_dir, free_phrasing=cfg.eval.free_phrasing)
     results, shown = suite(generate, text_conditioned)
     metrics = {
         "source": cfg.source,
@@ -47,7 +55,14 @@ def main(cfg: DictConfig) -> dict:
     if "clip_score" in results:
         metrics["clip_score"] = {"generated": results["clip_score"], "real": suite.real_clip_score()}
     if "compositional" in results:
-        metrics["compositional"] = results["compositional"]
+        metrics["compositional"] = {**results["compositional"], "shuffled_prompts": results["compositional_shuffled"]}
+        if "compositional_free_phrasing" in results:
+            metrics["compositional"]["free_phrasing"] = results["compositional_free_phrasing"]
+    if cfg.ceiling and Path(cfg.ceiling).is_file():  # what a perfect generator through this VAE scores
+        ceiling = json.loads(Path(cfg.ceiling).read_text())
+        metrics["ceiling"] = {k: ceiling[k] for k in ("fid", "clip_score", "compositional")}
+    elif cfg.ceiling:
+        log.warning("no ceiling beside these figures: %s is missing (run the ceiling stage)", cfg.ceiling)
     grid = shown[:: max(1, len(shown) // cfg.grid_images)][: cfg.grid_images]  # every task of the prompt set
 
     loggers = build_loggers(cfg.logger)

@@ -168,6 +168,21 @@ def final_table(runs: Mapping[str, str], metrics_dir: str | Path, a100_days_per_
     return rows
 
 
+def ceiling_row(metrics_dir: str | Path) -> dict[str, Any] | None:
+    """The final table's reference row: held-out real images through the VAE (``ceiling.json``), if measured."""
+    path = Path(metrics_dir) / "ceiling.json"
+    if not path.is_file():
+        return None
+    ceiling = json.loads(path.read_text())
+    return {
+        "model": "real images through the VAE (ceiling)",
+        "fid": ceiling["fid"]["round_trip"],
+        "fid_floor": ceiling["fid"]["real_vs_real_floor"],
+        "clip_score": ceiling["clip_score"]["round_trip"],
+        "compositional": ceiling["compositional"]["overall"],
+    }
+
+
 def write_curve_csv(curve: Curve, path: str | Path) -> None:
     """The curve as one CSV (``run`` column marks the stage), the file ``dvc plots`` draws."""
     columns = ["run", "step", *COMPUTE_AXES, *METRICS]
@@ -196,6 +211,7 @@ class Comparison:
     headlines: dict[str, dict[str, Any]]
     final: list[dict[str, Any]]
     paper: dict[str, dict[str, Any]]
+    ceiling: dict[str, Any] | None = None
 
     @property
     def pixart_total(self) -> dict[str, Any]:
@@ -220,6 +236,7 @@ class Comparison:
             "paper_compute_ratio": self.paper_ratio(),
             "parity": parity,
             "final": self.final,
+            "ceiling": self.ceiling,
             "paper": self.paper,
         }
 
@@ -239,4 +256,4 @@ def compare(
     rows = {f"{labels['pixart']} after {run}": run for run in pixart_runs} | {labels["baseline"]: baseline_run}
     final = final_table(rows, metrics_dir, a100_days_per_flop)
     headlines = {metric: headline(pixart, baseline, metric) for metric in METRICS}
-    return Comparison(pixart, baseline, headlines, final, {k: dict(v) for k, v in paper.items()})
+    return Comparison(pixart, baseline, headlines, final, {k: dict(v) for k, v in paper.items()}, ceiling_row(metrics_dir))

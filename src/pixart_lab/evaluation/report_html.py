@@ -74,7 +74,7 @@ def comparison_page(title: str, comparison, figure: str | Path, grids: Mapping[s
     return render(title, [
         ("", intro),
         ("Quality against training compute", image(figure, "periodic evaluations of the EMA weights; dotted lines: ends of PixArt's stages")),
-        ("Final evaluation", table(comparison.final, FINAL_COLUMNS) + f"<p>{html.escape(notes['final'])}</p>"),
+        ("Final evaluation", table(comparison.final + ([comparison.ceiling] if comparison.ceiling else []), FINAL_COLUMNS) + f"<p>{html.escape(notes['final'])}</p>"),
         ("Cost beside the paper's", table(paper_rows, PAPER_COLUMNS) + f"<p>{html.escape(notes['paper'])}</p>"),
         ("Samples", f'<div class="grids">{samples}</div>'),
     ])  # fmt: skip

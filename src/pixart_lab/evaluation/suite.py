@@ -18,7 +18,7 @@ import torch
 from pixart_lab.data.records import Record
 from pixart_lab.data.transforms import load_images
 from pixart_lab.evaluation.clip_model import ClipImageFeatures, clip_score_model
-from pixart_lab.evaluation.compositional import TASKS, CompositionalPrompt, compositional_accuracy
+from pixart_lab.evaluation.compositional import TASKS, CompositionalPrompt, compositional_accuracy, shuffled_within_task
 from pixart_lab.evaluation.evaluators import CompositionalEvaluator
 from pixart_lab.evaluation.metrics import CleanFidReference, FidReference, clip_score
 
@@ -70,7 +70,8 @@ def prompts_per_task(prompts: Sequence[CompositionalPrompt], per_task: int | Non
 
 
 class QualitySuite:
-    """FID (to half B), CLIP score (against half A's captions) and compositional accuracy of a generator."""
+    """FID (to half B), CLIP score (against half A's captions) and compositional accuracy of a generator
+    (with ``free_phrasing``, also from the prompts' free paraphrases)."""
 
     def __init__(
         self,
@@ -79,8 +80,9 @@ class QualitySuite:
         clip: str | None = None,
         evaluators_dir: str | None = None,
         compositional_per_task: int | None = None,
+        free_phrasing: bool = False,
     ):
-        self.heldout = heldout
+        self.heldout, self.free_phrasing = heldout, free_phrasing
         self.fid = fid_reference(fid_cfg, heldout.images_b, clip)
         self.clip_fn = clip_score_model(clip) if clip else None
         self.compositional = None
@@ -107,7 +109,20 @@ class QualitySuite:
         if text_conditioned and self.compositional is not None:
             evaluator = self.compositional
             composed = generate([p.prompt for p in evaluator.prompts])
-            metrics["compositional"] = compositional_accuracy(evaluator.prompts, evaluator.probe.read(composed), evaluator.valid_attributes)
+            detected = evaluator.probe.read(composed)
+            metrics["compositional"] = compositional_accuracy(evaluator.prompts, detected, evaluator.valid_attributes)
             metrics["compositional"]["prompts"] = len(evaluator.prompts)
+            # The generator's own baseline: its images judged against another prompt of the same task.
+            # What the model scores without following the prompt's content (unlike a chance that pairs
+            # sharp renders with random prompts, it carries the generator's own failure to draw).
+            order = shuffled_within_task(evaluator.prompts)
+            metrics["compositional_shuffled"] = compositional_accuracy(
+                evaluator.prompts, [detected[j] for j in order], evaluator.valid_attributes
+            )
+            if self.free_phrasing:  # the same scenes asked for in a user's words
+                free = generate([p.paraphrase for p in evaluator.prompts])
+                metrics["compositional_free_phrasing"] = compositional_accuracy(
+                    evaluator.prompts, evaluator.probe.read(free), evaluator.valid_attributes
+                )
             shown = composed
         return metrics, shown
