@@ -8,7 +8,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from pixart_lab.models.tokenizer import build_tokenizer, sentinel_ids
+from pixart_lab.models.tokenizer import build_tokenizer, sentinel_ids, unknown_words, warn_unknown_words
 
 SHAPES = ["circle", "square", "triangle", "star", "hexagon"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white"]
@@ -124,3 +124,11 @@ def test_vocab_size_adapts_to_a_small_corpus(caplog):
     assert "below the" in caplog.text
     assert tiny("red circle").input_ids[-1] == 1
     assert tiny.decode(tiny("blue circle").input_ids, skip_special_tokens=True) == "blue circle"
+
+
+def test_words_with_unseen_characters_are_named_in_a_warning(tok, caplog):
+    assert unknown_words(tok, ["a big red circle in the middle"]) == []  # unseen words split into known pieces
+    with caplog.at_level("WARNING", logger="pixart_lab.models.tokenizer"):
+        found = warn_unknown_words(tok, ["a red circle", "7 crème squares", "a red circle"])
+    assert found == ["7", "crème"]
+    assert "2 word(s)" in caplog.text and "7, crème" in caplog.text and "<unk>" in caplog.text

@@ -36,6 +36,7 @@ from pixart_lab.models.denoisers import unmasked_context
 from pixart_lab.models.official_checkpoint import ORIGINAL_SUFFIXES, load_original_checkpoint
 from pixart_lab.models.per_block_adaln import has_per_block_adaln, per_block_adaln
 from pixart_lab.models.text_encoder import FrozenTextEncoder
+from pixart_lab.models.tokenizer import warn_unknown_words
 from pixart_lab.models.vae import load_vae
 from pixart_lab.utils.io import atomic_dir, write_json
 
@@ -116,6 +117,8 @@ def condition_kwargs(pipeline: DiffusionPipeline, conditions: Sequence[str] | Se
     if isinstance(pipeline, DiTPipeline):
         return {"class_labels": [int(c) for c in conditions]}
     prompts = [str(c) for c in conditions]
+    if getattr(pipeline, "tokenizer", None) is not None:
+        warn_unknown_words(pipeline.tokenizer, prompts)
     if isinstance(pipeline, PixArtAlphaPipeline):
         return {"prompt": prompts, "negative_prompt": negative_prompt, "clean_caption": False, "use_resolution_binning": False}
     if isinstance(pipeline, StableDiffusionPipeline) and isinstance(pipeline.text_encoder, T5EncoderModel):

@@ -144,3 +144,29 @@ def sentinel_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     if not ids:
         raise ValueError(f"{type(tokenizer).__name__} has no <extra_id_k> sentinel tokens (T5 has 100)")
     return ids
+
+
+def unknown_words(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> list[str]:
+    """The words of ``texts`` the tokenizer can only encode with its unknown token (sorted, unique).
+
+    The embedded tokenizer knows the corpus captions' characters: a word it never saw splits into
+    known pieces, but a character it never saw (a capital, a digit outside the captions, an accent)
+    becomes ``<unk>``, and the text encoder then reads no meaning there.
+    """
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return []
+    words = sorted({word for text in texts for word in text.split()})
+    return [w for w in words if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+
+
+def warn_unknown_words(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> list[str]:
+    """Log a warning naming the words that map to the unknown token; returns them."""
+    found = unknown_words(tokenizer, texts)
+    if found:
+        log.warning(
+            "%d word(s) contain characters the tokenizer never saw and are read as %s: %s "
+            "(the embedded vocabulary is lower-case corpus words)",
+            len(found), tokenizer.unk_token, ", ".join(found[:10]),
+        )  # fmt: skip
+    return found
