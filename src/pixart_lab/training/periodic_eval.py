@@ -19,6 +19,7 @@ import lightning as L
 from diffusers import DiTPipeline, SchedulerMixin
 
 from pixart_lab.diffusion.sampling import generate_many
+from pixart_lab.evaluation.compositional import TASKS
 from pixart_lab.evaluation.suite import HeldOutHalves, QualitySuite, RecordSource
 from pixart_lab.training.compute_cost import ComputeCost, excluded_from_cost
 from pixart_lab.training.ema_pipeline import EmaPipeline
@@ -31,7 +32,8 @@ CURVE_COLUMNS = (
     "step",
     *COST_COLUMNS,
     *(f"curriculum_{c}" for c in COST_COLUMNS),
-    "fid", "fid_floor", "clip_score", "compositional",
+    "fid", "fid_floor", "clip_score", "compositional", "compositional_shuffled",
+    *(f"compositional_{task}" for task in TASKS),
 )  # fmt: skip
 
 
@@ -95,6 +97,8 @@ class PeriodicEvaluation(L.Callback):
             row["clip_score"] = metrics["clip_score"]
         if "compositional" in metrics:
             row["compositional"] = metrics["compositional"]["overall"]
+            row["compositional_shuffled"] = metrics["compositional_shuffled"]["overall"]
+            row.update({f"compositional_{task}": v for task, v in metrics["compositional"]["tasks"].items()})
         cost = next((c for c in trainer.callbacks if isinstance(c, ComputeCost)), None)
         if cost is not None:
             snapshot = cost.snapshot()
