@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = (
     "train_vae", "train_text_encoder", "extract_features", "train_evaluators", "ceiling",
-    "stage1_pixel", "reparam", "stage2_alignment", "stage2_long", "stage3_aesthetic", "baseline_sd", "samples",
+    "stage1_pixel", "reparam", "stage2_alignment", "stage3_aesthetic", "baseline_sd", "samples",
     "evaluate@stage1", "evaluate@stage2", "evaluate@stage3", "evaluate@baseline_sd", "report",
     "extract_control", "train_controlnet", "evaluate_controlnet", "dreambooth",
 )  # fmt: skip
