@@ -47,7 +47,7 @@ def run_stage(module: str, overrides: list[str], tmp_path, monkeypatch, capsys) 
       "unknown key 'stage.max_stepz' (a new key needs a leading +: +stage.max_stepz=...)"),
      ("pixart_lab.cli.train_stage", ["stage=9_nope"], 2, "stage=9_nope: no such option (available: 1_pixel, 2_alignment, 3_aesthetic, baseline_sd, controlnet)"),
      ("pixart_lab.cli.train_stage", ["stage.max_steps=abc"], 2,
-      "stage.max_steps=abc: stage.max_steps expected an integer, found 'abc' (default 1400)"),
+      "stage.max_steps=abc: stage.max_steps expected an integer, found 'abc' (default 3000)"),
      ("pixart_lab.cli.train_stage", ["stage=1_pixel", "stage.lr=fast"], 2,
       "stage.lr=fast: stage.lr expected a number, found 'fast' (default 0.002)"),
      ("pixart_lab.cli.train_vae", ["trainer.enable_checkpointing=maybe"], 2,

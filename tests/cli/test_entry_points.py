@@ -36,7 +36,7 @@ def test_every_stage_composes_its_config(stage):
      (["stage=2_alignment"], ["_target_: diffusers.PixArtTransformer2DModel", "init: reparam", "caption: dense"]),
      (["stage=2_alignment", "caption=sparse", "init=scratch", "run_name=ablation"],
       ["caption: sparse", "init: scratch", "dirpath: checkpoints/ablation"]),
-     (["stage=3_aesthetic"], ["use_additional_conditions: true", "sample_size: 128", "interpolation_scale: 8",
+     (["stage=3_aesthetic"], ["use_additional_conditions: true", "sample_size: 128", "interpolation_scale: 10.666666666666666",
                               "min_aesthetic: 5.0", "train_split: aesthetic"])],
 )  # fmt: skip
 def test_stage_choices_compose_the_paper_components(overrides, expected):

@@ -103,3 +103,14 @@ def test_a_stage_killed_at_a_random_step_resumes_to_the_uninterrupted_result(wor
         assert len(history(workspace, run)) == MAX_STEPS
         assert_same_tensors(final_state(workspace, run), final_state(workspace, ref), f"{context}: {run}")
         assert not list((workspace / "ckpt" / run).glob(".*.tmp")), "the torn temporary checkpoint was left behind"
+
+
+def test_a_stage_trained_twice_with_the_same_seed_gives_identical_weights(workspace):
+    """Reproducibility on CPU: the same command twice, bit-for-bit the same weights, EMA and optimiser."""
+    stage, run = "2_alignment", STAGES["2_alignment"]
+    for prefix in ("twice_a_", "twice_b_"):  # one after the other, as two users would run it
+        process = train(workspace, [stage], prefix)
+        assert finish(process) == 0, process.output
+    a, b = (final_state(workspace, f"{prefix}{run}") for prefix in ("twice_a_", "twice_b_"))
+    assert_same_tensors(a, b, f"{run} trained twice")
+    assert history(workspace, f"twice_a_{run}") == history(workspace, f"twice_b_{run}")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pixart_lab.data.scene import Scene, sample_scene, scene_signature
+from pixart_lab.data.scene import Scene, dense_caption, reserved_for_evaluation, sample_scene, scene_signature
 from pixart_lab.evaluation.attribute_probe import DetectedObject
 from pixart_lab.evaluation.compositional import (
     TASKS,
@@ -38,6 +38,17 @@ def test_prompt_set_covers_every_task_with_unseen_distinct_sharp_scenes(prompts)
             a, b = p.scene["objects"]
             assert len(p.scene["objects"]) == 2 and a["shape"] != b["shape"]
     assert all(p.scene["objects"][0]["colour"] != p.scene["objects"][1]["colour"] for p in prompts if p.task == "color_attr")
+
+
+def test_prompts_are_reserved_captions_with_a_free_paraphrase(prompts):
+    prompts, _ = prompts
+    for p in prompts:
+        scene = Scene.from_dict(p.scene)
+        assert reserved_for_evaluation(scene), p.prompt  # never a training caption, in any phrasing
+        assert p.prompt == dense_caption(scene) and p.paraphrase != p.prompt
+        assert not p.paraphrase.startswith("a sharp image of"), p.paraphrase
+        for o in scene.objects:
+            assert f"{o.colour} {o.shape}" in p.paraphrase, p.paraphrase
 
 
 def test_prompt_set_is_deterministic(prompts):
