@@ -49,11 +49,6 @@ SIZES: tuple[str, ...] = ("small", "large")
 SIZE_FRACTION: dict[str, float] = {"small": 0.6, "large": 0.9}
 QUALITIES: tuple[str, ...] = ("clean", "noisy", "compressed")
 QUALITY_PROBS: tuple[float, ...] = (0.5, 0.25, 0.25)
-QUALITY_WORDS: dict[str, str] = {
-    "clean": "a sharp image of",
-    "noisy": "a noisy image of",
-    "compressed": "a blurry image of",
-}
 # Aesthetic score ranges (LAION-aesthetics-like 1-10 scale): degraded renderings score lower.
 AESTHETIC_RANGES: dict[str, tuple[float, float]] = {
     "clean": (6.0, 7.5),
@@ -291,16 +286,17 @@ TEMPLATE_SHARE = 0.5
 
 @dataclass(frozen=True)
 class Phrasing:
-    """Which word each slot of a dense caption uses: an index into its tuple of choices (0 = template).
+    """How a dense caption words each slot, given the slot's choices (``choices[0]`` is the template's).
 
-    ``free`` picks a non-template choice wherever there is one; ``None`` picks at random from ``rng``.
+    Without ``rng``: the template's words (``free``: each slot's first alternative). With ``rng``: a
+    random choice per slot (``free``: a random alternative wherever the slot has one).
     """
 
     rng: np.random.Generator | None = None
     free: bool = False
 
     def pick(self, choices: tuple[str, ...], avoid_template: bool = True) -> str:
-        """A choice for one slot; ``avoid_template=False`` lets a free phrasing keep the template's word."""
+        """The words for one slot; ``avoid_template=False`` lets a random free phrasing draw the template's too."""
         if self.free and not avoid_template and self.rng is not None:
             return choices[int(self.rng.integers(len(choices)))]
         if self.free and len(choices) > 1:

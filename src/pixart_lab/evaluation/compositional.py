@@ -6,8 +6,9 @@ accuracies. Here the prompts are dense corpus captions of sharp scenes sampled w
 kept only if their caption content is reserved for evaluation (never a training caption, in any
 phrasing: ``reserved_for_evaluation``) and their graph (``scene_signature``) is absent from the
 training splits; each also has a fixed free paraphrase (``free_prompt``: no quality phrase,
-synonyms, numerals) to test prompts worded as users word them. The detector is the attribute probe. A task is scored only when every attribute it reads passed the
-probe's held-out validation (``TASK_ATTRIBUTES``).
+synonyms, numerals) to test prompts worded as users word them. The detector is the attribute probe.
+A task is scored only when every attribute it reads passed the probe's held-out validation
+(``TASK_ATTRIBUTES``).
 """
 
 from __future__ import annotations
