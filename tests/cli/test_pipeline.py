@@ -206,7 +206,7 @@ def test_smoke_pipeline_runs_offline_and_a_rerun_is_a_no_op(tmp_path):
     assert (clone / "plots" / "dreambooth_loss.csv").read_text().startswith("step,loss,instance_loss,prior_loss")
     assert [len(fidelity["clip_object"]["by_prompt"][m]) for m in ("base", "finetuned")] == [4, 4]  # one per evaluation pose
     # subject images | 4 subject poses, a composition and the class prompt, each (base, fine-tuned)
-    assert Image.open(clone / "plots" / "dreambooth_samples.png").size == (150 + 8 * 130, 13 * 130)
+    assert Image.open(clone / "plots" / "dreambooth_samples.png").size == (150 + 8 * 98, 13 * 98)
 
     # A changed parameter re-runs exactly the stages that read it.
     conf = clone / "conf" / "text_encoder" / "embedded.yaml"

@@ -25,7 +25,7 @@ def test_scene_targets_mark_each_object_in_its_cell():
     ]}  # fmt: skip
     shapes, colours, background = scene_targets(scene)
     assert shapes.tolist() == [EMPTY, 1, EMPTY, EMPTY, EMPTY, EMPTY, 4, EMPTY, EMPTY]
-    assert colours.tolist() == [IGNORE, 0, IGNORE, IGNORE, IGNORE, IGNORE, 7, IGNORE, IGNORE]
+    assert colours.tolist() == [IGNORE, 0, IGNORE, IGNORE, IGNORE, IGNORE, 5, IGNORE, IGNORE]
     assert background == 2
 
 
