@@ -82,8 +82,11 @@ def main() -> None:
     unknown = sorted(set(args.arms or []) - set(arms))
     if unknown:
         parser.error(f"unknown arms {unknown}; {ARMS.name} defines {sorted(arms)}")
-    chosen = args.arms or list(arms)
-    curves = {name: curve(run_arm(name, arms[name], args.max_steps)) for name in chosen}
+    for name in args.arms or list(arms):
+        run_arm(name, arms[name], args.max_steps)
+    # Every arm with a curve so far, so that the study can grow a few arms at a time.
+    paths = {name: ROOT / "plots" / f"learn_{name}_eval.csv" for name in arms}
+    curves = {name: curve(path) for name, path in paths.items() if path.is_file()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "learnability.json").write_text(json.dumps({"arms": {n: {"overrides": arms[n], "curve": c} for n, c in curves.items()}}, indent=2))

@@ -7,9 +7,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny_models import tiny_denoiser
 
-from pixart_lab.data.datamodule import FeatureDataModule
+from pixart_lab.data.datamodule import FeatureDataModule, sample_latents
+from pixart_lab.diffusion.timesteps import min_snr_weights, sample_timesteps
 from pixart_lab.training.diffusion_module import DiffusionModule, sqrt_scaled_lr
 from pixart_lab.training.ema import EMA
+from pixart_lab.utils.errors import ConfigError
 
 SPLIT = {"dit": "train", "pixart": "train", "pixart_ms": "aesthetic"}
 
@@ -121,3 +123,27 @@ def test_bf16_autocast_trains_a_step(tiny_features, tiny_text_encoder, tmp_path)
     run.fit(module, datamodule=make_data(tiny_features, "pixart"))
     assert run.global_step == 1 and math.isfinite(float(run.logged_metrics["train/loss"]))
     assert next(module.denoiser.parameters()).dtype == torch.float32  # mixed: weights stay float32
+
+
+def test_min_snr_and_logit_normal_change_the_training_loss_not_validation(tiny_features, tiny_text_encoder):
+    module = make_module("pixart", tiny_text_encoder, timestep_sampling="logit_normal", min_snr_gamma=5.0)
+    data = make_data(tiny_features, "pixart")
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    generator = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    with torch.no_grad():
+        trained = module.per_sample_losses(module.denoiser, batch, generator(), drop_conditions=False, training=True)
+        validated = module.per_sample_losses(module.denoiser, batch, generator(), drop_conditions=False)
+    # The training draw: the posterior sample comes first, then the logit-normal timesteps.
+    replay = generator()
+    sample_latents(batch, replay)
+    t = sample_timesteps("logit_normal", len(batch["index"]), 1000, replay, "cpu")
+    weights = min_snr_weights(module.schedule, t, 5.0)
+    torch.testing.assert_close(trained["loss"], weights * trained["mse"] + trained["vlb"])
+    torch.testing.assert_close(validated["loss"], validated["mse"] + validated["vlb"])  # uniform, unweighted
+    assert not torch.allclose(trained["mse"], validated["mse"])  # other timesteps
+
+
+def test_unknown_timestep_sampling_is_refused(tiny_text_encoder):
+    with pytest.raises(ConfigError, match="module.timestep_sampling='sigmoid'"):
+        make_module("pixart", tiny_text_encoder, timestep_sampling="sigmoid")

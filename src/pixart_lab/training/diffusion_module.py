@@ -30,6 +30,7 @@ import torch
 from pixart_lab.data.datamodule import sample_latents
 from pixart_lab.diffusion.iddpm_loss import hybrid_loss, simple_loss
 from pixart_lab.diffusion.schedule import NoiseSchedule
+from pixart_lab.diffusion.timesteps import TIMESTEP_SAMPLINGS, min_snr_weights, sample_timesteps
 from pixart_lab.models.denoisers import Denoiser
 from pixart_lab.training.ema import EMA
 from pixart_lab.training.lr_schedule import warmup_cosine
@@ -68,10 +69,20 @@ class DiffusionModule(L.LightningModule):
         seed: int = 0,
         nan_policy: str = "stop",
         max_skipped_steps: int = 100,
+        timestep_sampling: str = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        min_snr_gamma: float | None = None,
     ):
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ConfigError(f"module.nan_policy={nan_policy!r}: expected one of {', '.join(NAN_POLICIES)}")
+        if timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ConfigError(f"module.timestep_sampling={timestep_sampling!r}: expected one of {', '.join(TIMESTEP_SAMPLINGS)}")
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ConfigError(f"module.min_snr_gamma={min_snr_gamma}: expected a positive number or null")
+        self.timestep_sampling, self.logit_mean, self.logit_std = timestep_sampling, logit_mean, logit_std
+        self.min_snr_gamma = min_snr_gamma
         self.denoiser = denoiser
         self.ema = EMA(denoiser, ema_decay, ema_warmup)
         self.schedule = NoiseSchedule.named(beta_schedule, num_timesteps, beta_start, beta_end)
@@ -94,16 +105,21 @@ class DiffusionModule(L.LightningModule):
         return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + offset)
 
     def per_sample_losses(
-        self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool, reference: Denoiser | None = None
+        self, denoiser: Denoiser, batch: dict, generator: torch.Generator, drop_conditions: bool,
+        reference: Denoiser | None = None, training: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Loss (hybrid, or L_simple for a fixed variance) and its parts of every sample of the batch, at random timesteps.
 
-        With a frozen ``reference`` denoiser, also ``"distill"``: the mean squared difference between the
-        two networks' outputs on the same noised inputs and conditions.
+        ``training`` draws the timesteps with ``timestep_sampling`` and weighs the epsilon MSE by
+        Min-SNR (``"loss"`` only; ``"mse"`` stays unweighted); otherwise (validation) t is uniform and
+        unweighted, so that runs with different objectives compare on one figure. With a frozen
+        ``reference`` denoiser, also ``"distill"``: the mean squared difference between the two
+        networks' outputs on the same noised inputs and conditions.
         """
         x0 = sample_latents(batch, generator)
         n = x0.shape[0]
-        t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=generator, device=self.device)
+        kind = self.timestep_sampling if training else "uniform"
+        t = sample_timesteps(kind, n, self.schedule.num_timesteps, generator, self.device, self.logit_mean, self.logit_std)
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
         if drop_conditions and self.condition_dropout > 0:
             drop = torch.rand(n, generator=generator, device=self.device) < self.condition_dropout
@@ -114,6 +130,8 @@ class DiffusionModule(L.LightningModule):
             parts = hybrid_loss(self.schedule, output, x0.float(), x_t.float(), t, noise.float(), self.lambda_vlb)
         else:
             parts = simple_loss(output, noise.float())
+        if training and self.min_snr_gamma is not None:
+            parts["loss"] = parts["loss"] + (min_snr_weights(self.schedule, t, self.min_snr_gamma) - 1.0) * parts["mse"]
         if reference is not None:
             with torch.no_grad():
                 target = reference(x_t, t, batch).float()
@@ -129,7 +147,7 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         self._step_indices.append(batch["index"])
-        parts = self.per_sample_losses(self.denoiser, batch, self._generator(self.global_step), drop_conditions=True)
+        parts = self.per_sample_losses(self.denoiser, batch, self._generator(self.global_step), drop_conditions=True, training=True)
         losses = {k: v.mean() for k, v in parts.items()}
         if not torch.isfinite(losses["loss"]):
             self._non_finite("loss", batch["index"][~torch.isfinite(parts["loss"])], float(losses["loss"]))

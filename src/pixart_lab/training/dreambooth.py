@@ -72,7 +72,7 @@ class PriorPreservationModule(DiffusionModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         generator = self._generator(self.global_step)
-        parts = self.per_sample_losses(self.denoiser, batch, generator, drop_conditions=True, reference=self.reference)
+        parts = self.per_sample_losses(self.denoiser, batch, generator, drop_conditions=True, reference=self.reference, training=True)
         instance = batch["instance"].to(parts["loss"].device)
         instance_loss = parts["loss"][instance].mean()
         prior = parts["distill"] if self.prior_target == "base" else parts["loss"]
